@@ -1,0 +1,37 @@
+"""Helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from hookvisor.config import Settings, load_settings
+
+
+def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Settings from --config, the environment, --state-dir and the given flags."""
+    merged = {"state_dir": getattr(args, "state_dir", None), **overrides}
+    return load_settings(getattr(args, "config", None), merged)
+
+
+def parse_assignment(text: str, what: str) -> tuple[str, str]:
+    """'NAME=VALUE' -> (NAME, VALUE); raises UsageError naming the option."""
+    from hookvisor.cli.main import UsageError
+
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise UsageError(f"{what}: expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def add_global_options(parser: argparse.ArgumentParser) -> None:
+    """Let --config/--state-dir also follow the subcommand (`hookvisor config -g X --state-dir D`).
+
+    SUPPRESS keeps a subparser from overwriting a value given before the subcommand.
+    """
+    from pathlib import Path
+
+    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="TOML config file")
+    parser.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
+                        help="state dir (or HOOKVISOR_STATE_DIR)")

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything hookvisor needs on a fresh Debian machine (idempotent):
+# Debian packages, then a venv in .venv with hookvisor and its dev tools.
+# Usage: scripts/setup.sh [--no-libvirtd-packages]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# libvirt-dev + pkg-config + gcc: libvirt-python builds from source against them.
+# The daemon packages are what the qemu:///system tests and bench need.
+PKGS=(libvirt-dev pkg-config gcc libvirt-clients libvirt-daemon
+      libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils)
+
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing Debian packages: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+# Reinstall only when pyproject changed since the last install.
+stamp=.venv/.hookvisor-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[dev]'
+    touch "$stamp"
+fi
+echo "setup: ready (.venv/bin/hookvisor)" >&2
