@@ -1,0 +1,214 @@
+"""`hookvisor vm ...`: a thin XML-RPC client of a running agent, for operators.
+
+It speaks the same VDSM verbs as any engine would, so what works here works
+for a real client. Errors print as one line with VDSM's code name and number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import uuid
+import xmlrpc.client
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hookvisor.cli.common import parse_assignment
+from hookvisor.errors import CODE_NAMES, Code
+
+DEFAULT_AGENT = "127.0.0.1:54321"
+# NIC option keys that are creation params; any other key is a custom property.
+_NIC_PARAMS = {"mac": "macAddr", "model": "nicModel", "link": "linkActive"}
+
+
+class AgentError(Exception):
+    """The agent answered with a non-zero status, or could not be reached."""
+
+
+def _proxy(agent: str) -> xmlrpc.client.ServerProxy:
+    return xmlrpc.client.ServerProxy(f"http://{agent}/", allow_none=True)
+
+
+def call(agent: str, verb: str, *params: Any) -> dict[str, Any]:
+    """Call one verb; raise AgentError with VDSM's code name unless status is 0."""
+    try:
+        reply: dict[str, Any] = getattr(_proxy(agent), verb)(*params)
+    except (ConnectionError, socket.gaierror, TimeoutError) as e:
+        raise AgentError(f"cannot reach the agent at {agent}: {e}") from None
+    except xmlrpc.client.Fault as e:
+        raise AgentError(f"agent fault on {verb}: {e.faultString}") from None
+    except xmlrpc.client.ProtocolError as e:
+        raise AgentError(f"agent at {agent} answered {e.errcode} {e.errmsg}") from None
+    status = reply.get("status", {})
+    code = int(status.get("code", Code.UNEXPECTED))
+    if code != 0:
+        try:
+            name = CODE_NAMES[Code(code)]
+        except ValueError:
+            name = "error"
+        raise AgentError(f"{name} ({code}): {status.get('message', '')}")
+    return reply
+
+
+def parse_nic(text: str) -> dict[str, Any]:
+    """'NETWORK[,mac=..,model=..,PROP=VALUE...]' -> a VDSM interface device."""
+    from hookvisor.cli.main import UsageError
+
+    network, *options = text.split(",")
+    if not network:
+        raise UsageError(f"--nic: a network (bridge) name comes first, got {text!r}")
+    device: dict[str, Any] = {"type": "interface", "device": "bridge", "network": network,
+                              "nicModel": "virtio"}
+    custom: dict[str, str] = {}
+    for option in options:
+        name, value = parse_assignment(option, "--nic")
+        if name in _NIC_PARAMS:
+            device[_NIC_PARAMS[name]] = value
+        else:
+            custom[name] = value
+    if "linkActive" in device:
+        device["linkActive"] = device["linkActive"].lower() in ("1", "true", "yes", "up")
+    if custom:
+        device["custom"] = custom
+    return device
+
+
+def build_create_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {"vmId": args.vm_id or str(uuid.uuid4())}
+    if args.xml:
+        params["xml"] = Path(args.xml).read_text()
+    else:
+        params.update({"vmName": args.name, "memSize": args.mem, "smp": args.smp})
+        devices = [parse_nic(n) for n in args.nic]
+        devices += [{"type": "disk", "device": "disk", "path": p, "format": "raw",
+                     "iface": "virtio"} for p in args.disk]
+        params["devices"] = devices
+    if args.prop:
+        params["custom"] = dict(parse_assignment(p, "--prop") for p in args.prop)
+    if args.paused:
+        params["launchPaused"] = True
+    return params
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    print()
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    reply = call(args.agent, "create", build_create_params(args))
+    vm = reply.get("vmList", {})
+    if args.json:
+        _print_json(vm)
+    else:
+        print(f"{vm.get('vmId')} {vm.get('vmName', '')} {vm.get('status', '')}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    reply = call(args.agent, "list", True, list(args.vm_ids))
+    vms: list[dict[str, Any]] = reply.get("vmList", [])
+    if args.json:
+        _print_json(vms)
+        return 0
+    rows = [[str(v.get("vmId")), str(v.get("vmName", "")), str(v.get("status", "")),
+             ", ".join(f"{k}={val}" for k, val in sorted((v.get("custom") or {}).items()))]
+            for v in vms]
+    _table("VMs", ["vmId", "name", "status", "custom"], rows)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    if args.vm_id:
+        reply = call(args.agent, "getVmStats", args.vm_id)
+    else:
+        reply = call(args.agent, "getAllVmStats")
+    stats: list[dict[str, Any]] = reply.get("statsList", [])
+    if args.json:
+        _print_json(stats)
+        return 0
+    keys = ["vmId", "status", "cpuUser", "cpuSys", "memUsage", "elapsedTime"]
+    _table("VM stats", keys, [[str(s.get(k, "")) for k in keys] for s in stats])
+    return 0
+
+
+def _simple(verb: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        reply = call(args.agent, verb, args.vm_id)
+        print(f"{args.vm_id}: {reply['status'].get('message', 'Done')}")
+        return 0
+
+    return run
+
+
+def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """An agent error is one line on stderr and exit 1; never a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except AgentError as e:
+            print(f"hookvisor: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"hookvisor: {e}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("vm", help="manage VMs on a running agent (XML-RPC client)")
+    parser.add_argument("--agent", default=DEFAULT_AGENT, metavar="HOST:PORT",
+                        help=f"agent address (default {DEFAULT_AGENT})")
+    verbs = parser.add_subparsers(dest="vm_command", metavar="VERB", required=True)
+
+    create = verbs.add_parser("create", help="create and start a VM")
+    create.add_argument("--name", default="vm", help="VM name (default vm)")
+    create.add_argument("--vm-id", help="VM UUID (default: a new one)")
+    create.add_argument("--mem", type=int, default=256, help="memory, MiB (default 256)")
+    create.add_argument("--smp", type=int, default=1, help="vCPUs (default 1)")
+    create.add_argument("--nic", action="append", default=[],
+                        metavar="NETWORK[,mac=M,model=M,PROP=V...]",
+                        help="a bridged NIC; keys other than mac/model/link are its "
+                        "custom properties (repeatable)")
+    create.add_argument("--disk", action="append", default=[], metavar="PATH",
+                        help="a raw virtio disk (repeatable)")
+    create.add_argument("--xml", metavar="FILE", help="a complete domain XML, used as is")
+    create.add_argument("--prop", action="append", default=[], metavar="NAME=VALUE",
+                        help="VM custom property (repeatable)")
+    create.add_argument("--paused", action="store_true", help="start paused")
+    create.add_argument("--json", action="store_true", help="print the reply as JSON")
+    create.set_defaults(func=_guard(cmd_create))
+
+    lst = verbs.add_parser("list", help="list VMs with status and custom properties")
+    lst.add_argument("vm_ids", nargs="*", metavar="VMID", help="only these VMs")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=_guard(cmd_list))
+
+    stats = verbs.add_parser("stats", help="VM statistics")
+    stats.add_argument("vm_id", nargs="?", metavar="VMID", help="one VM (default: all)")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=_guard(cmd_stats))
+
+    for verb, rpc_verb, help_text in (("destroy", "destroy", "stop a VM and forget it"),
+                                      ("pause", "pause", "pause a VM"),
+                                      ("cont", "cont", "continue a paused VM")):
+        p = verbs.add_parser(verb, help=help_text)
+        p.add_argument("vm_id", metavar="VMID")
+        p.set_defaults(func=_guard(_simple(rpc_verb)))
