@@ -1,0 +1,278 @@
+"""Domain XML: built from a VmSpec, and the agent's own <metadata> inside it.
+
+The metadata carries what the agent must know about a VM after a restart or a
+migration: the VM's custom properties, each device's custom properties (keyed
+by a device identity libvirt does not change: a NIC's MAC, a disk's target
+dev) and the creation params (JSON), so `list(full=True)` survives a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Any
+
+from hookvisor.virt.spec import DiskSpec, NicSpec, VmSpec
+
+NS = "https://hookvisor.org/xmlns/vm/1.0"
+PREFIX = "hookvisor"
+# Registered so serialised XML says hookvisor:/qemu: rather than ns0:/ns1:.
+ET.register_namespace(PREFIX, NS)
+ET.register_namespace("qemu", "http://libvirt.org/schemas/domain/qemu/1.0")
+
+_Q = f"{{{NS}}}"
+_DISK_PREFIX = {"virtio": "vd", "scsi": "sd", "ide": "hd"}
+_DISK_FORMAT = {"raw": "raw", "cow": "qcow2"}
+
+
+class DomainXmlError(ValueError):
+    """XML that cannot be used as a domain or device; the message says why."""
+
+
+@dataclass
+class Metadata:
+    vm_props: dict[str, str] = field(default_factory=dict)
+    # device key (see device_key) -> that device's custom properties
+    device_props: dict[str, dict[str, str]] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    index: int  # position among <devices>' children
+    kind: str  # element tag: disk, interface, ...
+    key: str | None
+    xml: str
+
+
+def parse(text: str, what: str = "domain XML") -> ET.Element:
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError as e:
+        raise DomainXmlError(f"{what} is not well-formed: {e}") from None
+
+
+def to_string(root: ET.Element) -> str:
+    return ET.tostring(root, encoding="unicode")
+
+
+def parse_domain(text: str) -> ET.Element:
+    root = parse(text)
+    if root.tag != "domain":
+        raise DomainXmlError(f"domain XML: root element is <{root.tag}>, not <domain>")
+    return root
+
+
+# --- building -----------------------------------------------------------------
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    elem = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        elem.text = text
+    return elem
+
+
+def _disk_targets(spec: VmSpec) -> list[str | None]:
+    """Target dev names in device order: vda, vdb, ..., hda, ... per bus."""
+    used: dict[str, int] = {}
+    names: list[str | None] = []
+    for dev in spec.devices:
+        if not isinstance(dev, DiskSpec):
+            names.append(None)
+            continue
+        prefix = _DISK_PREFIX[dev.iface]
+        n = used.get(prefix, 0)
+        used[prefix] = n + 1
+        names.append(prefix + _letters(n))
+    return names
+
+
+def _letters(n: int) -> str:
+    # 0 -> a, 25 -> z, 26 -> aa: libvirt's own disk naming.
+    out = ""
+    n += 1
+    while n:
+        n, r = divmod(n - 1, 26)
+        out = chr(ord("a") + r) + out
+    return out
+
+
+def _disk(parent: ET.Element, disk: DiskSpec, target: str) -> None:
+    elem = _sub(parent, "disk", type="file", device=disk.device)
+    _sub(elem, "driver", name="qemu", type=_DISK_FORMAT[disk.format])
+    if disk.path:
+        _sub(elem, "source", file=disk.path)
+    _sub(elem, "target", dev=target, bus=disk.iface)
+    if disk.readonly or disk.device == "cdrom":
+        _sub(elem, "readonly")
+    if disk.boot_order is not None:
+        _sub(elem, "boot", order=str(disk.boot_order))
+
+
+def _nic(parent: ET.Element, nic: NicSpec) -> None:
+    elem = _sub(parent, "interface", type=nic.device)
+    _sub(elem, "mac", address=nic.mac)
+    _sub(elem, "source", **{nic.device: nic.network})
+    _sub(elem, "model", type=nic.model)
+    _sub(elem, "link", state="up" if nic.link_active else "down")
+
+
+def build(spec: VmSpec, domain_type: str, arch: str = "x86_64") -> str:
+    """Domain XML for `spec`; devices appear in the order given, nothing else added."""
+    root = ET.Element("domain", type=domain_type)
+    _sub(root, "name", spec.name)
+    _sub(root, "uuid", spec.vm_id)
+    _sub(root, "memory", str(spec.mem_mib), unit="MiB")
+    _sub(root, "currentMemory", str(spec.mem_mib), unit="MiB")
+    _sub(root, "vcpu", str(spec.smp))
+    os_elem = _sub(root, "os")
+    _sub(os_elem, "type", "hvm", arch=arch, machine="pc")
+    _sub(root, "on_poweroff", "destroy")
+    _sub(root, "on_reboot", "restart")
+    _sub(root, "on_crash", "destroy")
+    devices = _sub(root, "devices")
+    for dev, target in zip(spec.devices, _disk_targets(spec), strict=True):
+        if isinstance(dev, DiskSpec):
+            assert target is not None
+            _disk(devices, dev, target)
+        else:
+            _nic(devices, dev)
+    ET.indent(root)
+    return to_string(root)
+
+
+# --- identity -----------------------------------------------------------------
+
+
+def identity(text: str) -> tuple[str | None, str | None]:
+    """(uuid, name) of a domain XML; None where absent."""
+    root = parse_domain(text)
+    return root.findtext("uuid"), root.findtext("name")
+
+
+def set_uuid(text: str, vm_id: str) -> str:
+    root = parse_domain(text)
+    elem = root.find("uuid")
+    if elem is None:
+        elem = ET.Element("uuid")
+        # libvirt does not care where, but people read it after <name>.
+        root.insert(1 if root.find("name") is not None else 0, elem)
+    elem.text = vm_id
+    return to_string(root)
+
+
+# --- devices ------------------------------------------------------------------
+
+
+def device_key(elem: ET.Element) -> str | None:
+    """A device identity that survives libvirt's rewriting of the XML."""
+    if elem.tag == "interface":
+        mac = elem.find("mac")
+        if mac is not None and mac.get("address"):
+            return f"interface:{mac.get('address', '').lower()}"
+    elif elem.tag == "disk":
+        target = elem.find("target")
+        if target is not None and target.get("dev"):
+            return f"disk:{target.get('dev')}"
+    return None
+
+
+def device_type(key: str) -> str:
+    """The device type ("interface", "disk") a key names."""
+    return key.split(":", 1)[0]
+
+
+def _device_elems(root: ET.Element) -> list[ET.Element]:
+    devices = root.find("devices")
+    return [] if devices is None else list(devices)
+
+
+def _device_string(elem: ET.Element) -> str:
+    tail, elem.tail = elem.tail, None
+    try:
+        return to_string(elem)
+    finally:
+        elem.tail = tail
+
+
+def devices(text: str) -> list[DeviceRef]:
+    root = parse_domain(text)
+    return [
+        DeviceRef(i, elem.tag, device_key(elem), _device_string(elem))
+        for i, elem in enumerate(_device_elems(root))
+    ]
+
+
+def find_device(text: str, key: str) -> DeviceRef | None:
+    for ref in devices(text):
+        if ref.key == key:
+            return ref
+    return None
+
+
+def replace_device(text: str, index: int, device_xml: str) -> str:
+    """`text` with the device at `index` replaced by `device_xml`, order kept."""
+    root = parse_domain(text)
+    parent = root.find("devices")
+    children = _device_elems(root)
+    if parent is None or not 0 <= index < len(children):
+        raise DomainXmlError(f"domain XML has no device #{index}")
+    new = parse(device_xml, "device XML")
+    old = children[index]
+    new.tail = old.tail
+    parent.remove(old)
+    parent.insert(index, new)
+    return to_string(root)
+
+
+# --- metadata -----------------------------------------------------------------
+
+
+def _props_elems(parent: ET.Element, props: dict[str, str]) -> None:
+    for name, value in sorted(props.items()):
+        elem = ET.SubElement(parent, _Q + "custom", name=name)
+        elem.text = value
+
+
+def _read_props(parent: ET.Element) -> dict[str, str]:
+    return {e.get("name", ""): e.text or "" for e in parent.findall(_Q + "custom")}
+
+
+def set_metadata(text: str, meta: Metadata) -> str:
+    """`text` with the agent's metadata element replaced by `meta`."""
+    root = parse_domain(text)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.Element("metadata")
+        root.insert(min(2, len(root)), metadata)
+    for old in metadata.findall(_Q + "vm"):
+        metadata.remove(old)
+    vm = ET.SubElement(metadata, _Q + "vm")
+    _props_elems(vm, meta.vm_props)
+    for key, props in sorted(meta.device_props.items()):
+        dev = ET.SubElement(vm, _Q + "device", key=key)
+        _props_elems(dev, props)
+    params = ET.SubElement(vm, _Q + "params")
+    params.text = json.dumps(meta.params, sort_keys=True)
+    return to_string(root)
+
+
+def get_metadata(text: str) -> Metadata | None:
+    """The agent's metadata in a domain XML, or None if the domain is not ours."""
+    root = parse_domain(text)
+    vm = root.find(f"metadata/{_Q}vm")
+    if vm is None:
+        return None
+    device_props = {d.get("key", ""): _read_props(d) for d in vm.findall(_Q + "device")}
+    params: dict[str, Any] = {}
+    text_params = vm.findtext(_Q + "params")
+    if text_params:
+        try:
+            loaded = json.loads(text_params)
+        except ValueError:
+            loaded = {}
+        if isinstance(loaded, dict):
+            params = loaded
+    return Metadata(_read_props(vm), device_props, params)

@@ -1,0 +1,243 @@
+"""The libvirt adapter: one connection, the event loop, and the few calls the agent makes.
+
+Everything is addressed by VM UUID (str) so the agent core never holds a
+libvirt object. libvirt failures surface as HostError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+log = logging.getLogger("hookvisor.host")
+
+# Lifecycle event kinds the agent reacts to, by libvirt's numbers.
+EVENT_STOPPED = libvirt.VIR_DOMAIN_EVENT_STOPPED
+EVENT_SUSPENDED = libvirt.VIR_DOMAIN_EVENT_SUSPENDED
+EVENT_RESUMED = libvirt.VIR_DOMAIN_EVENT_RESUMED
+
+LifecycleCallback = Callable[[str, int, int], None]
+
+_loop_lock = threading.Lock()
+_loop_started = False
+
+# Stat groups for the bulk call; a group the driver lacks is skipped, not an error.
+_STATS = (
+    libvirt.VIR_DOMAIN_STATS_STATE
+    | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+)
+
+
+class HostError(Exception):
+    """A libvirt call failed; `no_domain` says the domain was not there."""
+
+    def __init__(self, message: str, no_domain: bool = False) -> None:
+        super().__init__(message)
+        self.no_domain = no_domain
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    uuid: str
+    name: str
+    state: int  # libvirt VIR_DOMAIN_* state
+    reason: int
+    xml: str
+
+
+def _ensure_event_loop() -> None:
+    """libvirt's default event loop, once per process, before any connection opens."""
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        # libvirt prints every error to stderr by default; we report them ourselves.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_started = True
+
+
+def _kvm_usable() -> bool:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def choose_domain_type(driver: str, setting: str) -> str:
+    """`test` on the test driver; else the setting, or kvm/qemu by /dev/kvm."""
+    if driver.lower() == "test":
+        return "test"
+    if setting != "auto":
+        return setting
+    return "kvm" if _kvm_usable() else "qemu"
+
+
+def _wrap(e: libvirt.libvirtError) -> HostError:
+    code = e.get_error_code()
+    return HostError(str(e), no_domain=code == libvirt.VIR_ERR_NO_DOMAIN)
+
+
+class Host:
+    def __init__(self, uri: str, domain_type: str = "auto") -> None:
+        _ensure_event_loop()
+        self.uri = uri
+        try:
+            self._conn = libvirt.open(uri)
+        except libvirt.libvirtError as e:
+            raise HostError(f"cannot connect to libvirt at {uri}: {e}") from None
+        self.driver = self._conn.getType()
+        self.domain_type = choose_domain_type(self.driver, domain_type)
+        self.arch = platform.machine() or "x86_64"
+        self._callback_id: int | None = None
+
+    # --- events ---------------------------------------------------------------
+
+    def on_lifecycle(self, callback: LifecycleCallback) -> None:
+        """Call `callback(uuid, event, detail)` from the event thread; keep it short."""
+
+        def relay(_conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+            try:
+                callback(dom.UUIDString(), event, detail)
+            except Exception:
+                log.exception("lifecycle event handler failed")
+
+        self._callback_id = self._conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, relay, None
+        )
+
+    def close(self) -> None:
+        if self._callback_id is not None:
+            try:
+                self._conn.domainEventDeregisterAny(self._callback_id)
+            except libvirt.libvirtError:
+                pass
+            self._callback_id = None
+        try:
+            self._conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    # --- domains --------------------------------------------------------------
+
+    def _lookup(self, uuid: str) -> Any:
+        try:
+            return self._conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as e:
+            raise _wrap(e) from None
+
+    def start(self, xml: str, paused: bool) -> str:
+        """Start a transient domain (nothing left behind on failure); returns its live XML."""
+        flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+        try:
+            try:
+                dom = self._conn.createXML(xml, flags)
+            except libvirt.libvirtError as e:
+                if not paused or e.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+                    raise
+                # The test driver has no START_PAUSED: start, then pause at once.
+                dom = self._conn.createXML(xml, 0)
+                try:
+                    dom.suspend()
+                except libvirt.libvirtError:
+                    dom.destroy()
+                    raise
+            return str(dom.XMLDesc(0))
+        except libvirt.libvirtError as e:
+            raise _wrap(e) from None
+
+    def xml(self, uuid: str) -> str:
+        try:
+            return str(self._lookup(uuid).XMLDesc(0))
+        except libvirt.libvirtError as e:
+            raise _wrap(e) from None
+
+    def state(self, uuid: str) -> tuple[int, int]:
+        try:
+            state, reason = self._lookup(uuid).state()
+            return int(state), int(reason)
+        except libvirt.libvirtError as e:
+            raise _wrap(e) from None
+
+    def suspend(self, uuid: str) -> None:
+        try:
+            self._lookup(uuid).suspend()
+        except libvirt.libvirtError as e:
+            raise _wrap(e) from None
+
+    def resume(self, uuid: str) -> None:
+        try:
+            self._lookup(uuid).resume()
+        except libvirt.libvirtError as e:
+            raise _wrap(e) from None
+
+    def destroy(self, uuid: str) -> None:
+        try:
+            self._lookup(uuid).destroy()
+        except libvirt.libvirtError as e:
+            raise _wrap(e) from None
+
+    def active_domains(self) -> list[DomainInfo]:
+        """Every running or paused domain, with its live XML (for recovery)."""
+        out = []
+        try:
+            doms = self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        except libvirt.libvirtError as e:
+            raise _wrap(e) from None
+        for dom in doms:
+            try:
+                state, reason = dom.state()
+                out.append(DomainInfo(dom.UUIDString(), dom.name(), state, reason,
+                                      dom.XMLDesc(0)))
+            except libvirt.libvirtError:
+                continue  # gone while we looked
+        return out
+
+    def all_stats(self) -> dict[str, dict[str, Any]]:
+        """One bulk getAllDomainStats call: {uuid: {libvirt stat key: value}}."""
+        try:
+            records = self._conn.getAllDomainStats(
+                _STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+            )
+        except libvirt.libvirtError as e:
+            raise _wrap(e) from None
+        return {dom.UUIDString(): dict(stats) for dom, stats in records}
+
+    # --- host -----------------------------------------------------------------
+
+    def host_info(self) -> dict[str, Any]:
+        try:
+            model, mem_mib, cpus, mhz, nodes, sockets, cores, threads = self._conn.getInfo()
+            return {
+                "hostname": self._conn.getHostname(),
+                "cpuModel": model,
+                "memSize": mem_mib,
+                "cpuThreads": cpus,
+                "cpuSpeed": mhz,
+                "numaNodes": nodes,
+                "cpuSockets": sockets * nodes,
+                "cpuCores": cores * sockets * nodes,
+                "libvirtVersion": self._conn.getLibVersion(),
+                "driver": self.driver,
+            }
+        except libvirt.libvirtError as e:
+            raise _wrap(e) from None

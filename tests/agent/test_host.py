@@ -1,0 +1,56 @@
+"""The libvirt adapter on the test driver (in-process, no daemon)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from hookvisor.virt import domain_xml as dx
+from hookvisor.virt.host import EVENT_STOPPED, Host, HostError, choose_domain_type
+from hookvisor.virt.spec import VmSpec
+
+
+def test_domain_type_choice() -> None:
+    assert choose_domain_type("Test", "kvm") == "test"
+    assert choose_domain_type("QEMU", "qemu") == "qemu"
+    assert choose_domain_type("QEMU", "auto") in ("kvm", "qemu")
+
+
+def test_start_paused_events_stats_destroy() -> None:
+    host = Host("test:///default")
+    assert host.domain_type == "test"
+    stopped = threading.Event()
+    vm_id = str(uuid.uuid4())
+
+    def on_event(uid: str, event: int, _detail: int) -> None:
+        if uid == vm_id and event == EVENT_STOPPED:
+            stopped.set()
+
+    host.on_lifecycle(on_event)
+    try:
+        xml = dx.build(VmSpec(vm_id, "hvtest-host", 64, 1), host.domain_type)
+        live = host.start(xml, paused=True)
+        assert dx.identity(live) == (vm_id, "hvtest-host")
+        assert host.state(vm_id)[0] == 3  # VIR_DOMAIN_PAUSED
+        assert vm_id in {d.uuid for d in host.active_domains()}
+        assert vm_id in host.all_stats()
+        host.resume(vm_id)
+        assert host.state(vm_id)[0] == 1
+        host.destroy(vm_id)
+        assert stopped.wait(5)
+        with pytest.raises(HostError) as err:
+            host.state(vm_id)
+        assert err.value.no_domain
+    finally:
+        host.close()
+
+
+def test_bad_xml_is_a_host_error() -> None:
+    host = Host("test:///default")
+    try:
+        with pytest.raises(HostError):
+            host.start("<domain type='test'><name>hvtest-bad</name></domain>", paused=False)
+    finally:
+        host.close()
