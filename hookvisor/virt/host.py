@@ -6,6 +6,7 @@ libvirt object. libvirt failures surface as HostError.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -127,15 +128,11 @@ class Host:
 
     def close(self) -> None:
         if self._callback_id is not None:
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 self._conn.domainEventDeregisterAny(self._callback_id)
-            except libvirt.libvirtError:
-                pass
             self._callback_id = None
-        try:
+        with contextlib.suppress(libvirt.libvirtError):
             self._conn.close()
-        except libvirt.libvirtError:
-            pass
 
     # --- domains --------------------------------------------------------------
 
@@ -226,7 +223,7 @@ class Host:
 
     def host_info(self) -> dict[str, Any]:
         try:
-            model, mem_mib, cpus, mhz, nodes, sockets, cores, threads = self._conn.getInfo()
+            model, mem_mib, cpus, mhz, nodes, sockets, cores, _threads = self._conn.getInfo()
             return {
                 "hostname": self._conn.getHostname(),
                 "cpuModel": model,
