@@ -1,0 +1,107 @@
+"""Which scripts run for an event, in which order, and what they are (sha256).
+
+SPEC §1: every regular, executable file of `<hooks_dir>/<event>/` (symlinks to
+such files count), dotfiles, sub-directories and non-executables skipped, in
+byte-wise sorted order of file name, the directory re-read on every event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from hookvisor.hooks.catalogue import EVENTS, get_event
+
+MANIFEST_SUFFIX = ".toml"
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    path: Path
+    # Identity of the file when it was listed; keys the checksum cache.
+    ino: int
+    size: int
+    mtime_ns: int
+
+
+def _is_candidate(entry: os.DirEntry[str]) -> os.stat_result | None:
+    # A manifest is documentation for its script, never a script, even if
+    # someone marks it executable.
+    if entry.name.startswith(".") or entry.name.endswith(MANIFEST_SUFFIX):
+        return None
+    try:
+        st = os.stat(entry.path)  # follows symlinks: a link to a script counts
+    except OSError:
+        return None  # dangling symlink, vanished meanwhile
+    if not stat.S_ISREG(st.st_mode) or not os.access(entry.path, os.X_OK):
+        return None
+    return st
+
+
+def list_scripts(hooks_dir: Path, event: str) -> list[Script]:
+    """The scripts for `event` in run order; [] if the event has no directory.
+
+    ValueError for an unknown or path-like event name.
+    """
+    get_event(event)
+    directory = os.path.join(hooks_dir, event)
+    found: list[Script] = []
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                st = _is_candidate(entry)
+                if st is not None:
+                    found.append(
+                        Script(entry.name, Path(entry.path), st.st_ino, st.st_size, st.st_mtime_ns)
+                    )
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    # Byte-wise, not locale or natural order: what `LC_ALL=C ls` shows.
+    found.sort(key=lambda s: os.fsencode(s.name))
+    return found
+
+
+class ChecksumCache:
+    """sha256 of scripts, re-hashed only when (inode, size, mtime) changed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[tuple[int, int, int], str]] = {}
+
+    def checksum(self, script: Script) -> str:
+        key = (script.ino, script.size, script.mtime_ns)
+        path = str(script.path)
+        with self._lock:
+            hit = self._cache.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        digest = hashlib.sha256()
+        try:
+            with open(script.path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 16), b""):
+                    digest.update(block)
+        except OSError:
+            return ""  # vanished between listing and hashing; it will fail to run too
+        value = digest.hexdigest()
+        with self._lock:
+            self._cache[path] = (key, value)
+        return value
+
+
+Installed = dict[str, dict[str, dict[str, str]]]
+
+
+def installed(hooks_dir: Path, cache: ChecksumCache | None = None) -> Installed:
+    """`{event: {script: {"checksum": sha256hex}}}` for the host capabilities report."""
+    cache = cache or ChecksumCache()
+    out: Installed = {}
+    for event in EVENTS:
+        scripts = list_scripts(hooks_dir, event)
+        if scripts:
+            out[event] = {s.name: {"checksum": cache.checksum(s)} for s in scripts}
+    return out

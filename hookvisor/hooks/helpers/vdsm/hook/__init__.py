@@ -1,0 +1,1 @@
+"""Shim so that VDSM hooks can `from vdsm.hook import hooking`."""

@@ -1,0 +1,125 @@
+"""Optional per-script manifest: `NN_name.toml` beside the script.
+
+A manifest is not executable, so discovery never runs it. It lets an operator
+bound one script's time, decide whether its failure vetoes, and run it only
+for VMs that carry one of the named custom properties (skipped without a fork).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+OnFailure = Literal["veto", "ignore"]
+_KEYS = ("timeout", "on_failure", "when_property")
+
+
+class ManifestError(Exception):
+    """A manifest that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    timeout: float | None = None
+    on_failure: OnFailure = "veto"
+    when_property: tuple[str, ...] | None = None
+
+    def wants(self, props: set[str]) -> bool:
+        """Whether the script should run for a VM/device with these property names."""
+        return self.when_property is None or bool(props.intersection(self.when_property))
+
+    def settings(self) -> dict[str, object]:
+        out: dict[str, object] = {"file": self.path.name}
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
+        out["on_failure"] = self.on_failure
+        if self.when_property is not None:
+            out["when_property"] = list(self.when_property)
+        return out
+
+
+def manifest_candidates(script: Path) -> list[Path]:
+    """`50_numa.toml` for `50_numa`; for `50_numa.py` also `50_numa.py.toml`."""
+    paths = [script.with_name(script.name + ".toml")]
+    if script.suffix:
+        paths.insert(0, script.with_name(script.stem + ".toml"))
+    return paths
+
+
+def parse_manifest(path: Path, text: str) -> Manifest:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ManifestError(f"manifest {path}: not valid TOML: {e}") from None
+    unknown = sorted(set(raw) - set(_KEYS))
+    if unknown:
+        raise ManifestError(
+            f"manifest {path}: unknown key(s) {', '.join(unknown)} "
+            f"(known: {', '.join(_KEYS)})"
+        )
+    timeout: float | None = None
+    if "timeout" in raw:
+        value = raw["timeout"]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ManifestError(
+                f"manifest {path}: timeout must be a positive number of seconds, got {value!r}"
+            )
+        timeout = float(value)
+    on_failure = raw.get("on_failure", "veto")
+    if on_failure not in ("veto", "ignore"):
+        raise ManifestError(
+            f"manifest {path}: on_failure must be \"veto\" or \"ignore\", got {on_failure!r}"
+        )
+    when: tuple[str, ...] | None = None
+    if "when_property" in raw:
+        value = raw["when_property"]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(
+            isinstance(v, str) and v for v in value
+        ):
+            raise ManifestError(
+                f"manifest {path}: when_property must be a non-empty list of property "
+                f"names, got {value!r}"
+            )
+        when = tuple(value)
+    return Manifest(path, timeout, on_failure, when)
+
+
+class ManifestCache:
+    """Parses a manifest again only when its file changed (inode, size, mtime)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
+
+    def load(self, script: Path) -> Manifest | None:
+        """The script's manifest, None if it has none; ManifestError if it is bad."""
+        for path in manifest_candidates(script):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise ManifestError(f"manifest {path}: cannot read: {e.strerror}") from None
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            hit = self._cache.get(path)
+            if hit is not None and hit[0] == key:
+                return hit[1]
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ManifestError(f"manifest {path}: cannot read: {e}") from None
+            manifest = parse_manifest(path, text)
+            self._cache[path] = (key, manifest)
+            return manifest
+        return None
