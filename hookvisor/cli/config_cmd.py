@@ -1,0 +1,187 @@
+"""`hookvisor config`: custom-property definitions, in engine-config's own form.
+
+    hookvisor config -s UserDefinedVMProperties='memory=^[0-9]+$' --cver=4.0
+    hookvisor config -g UserDefinedVMProperties [--cver=4.0]
+    hookvisor config -l | -a
+    hookvisor config check [--cver=4.0] [--vm-prop N=V]... [--device-prop TYPE:N=V]...
+
+Exit 0 done, 1 refused (a bad definition, a value that fails its check, an
+unreadable store), 2 usage error. Every error is one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from typing import Any, NoReturn
+
+from hookvisor.cli.common import add_global_options, parse_assignment, settings_from_args
+from hookvisor.cli.main import UsageError
+from hookvisor.config import ConfigError
+from hookvisor.props.errors import PropertyError
+from hookvisor.props.registry import DB_FILE_NAME, PropertyRegistry, version_sort_key
+from hookvisor.props.syntax import KEYS
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line and exit 2, instead of argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        # Unknown arguments would otherwise travel up to the top-level parser
+        # and be reported with its multi-line usage.
+        namespace, extras = super().parse_known_args(*args, **kwargs)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # add_parser has no parser_class argument; swap the factory for this one call.
+    saved = subparsers._parser_class
+    subparsers._parser_class = _OneLineParser
+    try:
+        parser = subparsers.add_parser(
+            "config",
+            help="define custom properties (engine-config syntax) and check values",
+            description="Custom-property definitions per cluster version, engine-config style. "
+            f"Keys: {', '.join(KEYS)}.",
+        )
+    finally:
+        subparsers._parser_class = saved
+    actions = parser.add_mutually_exclusive_group()
+    actions.add_argument("-s", "--set", metavar="KEY=VALUE",
+                         help="replace KEY's whole value for --cver")
+    actions.add_argument("-g", "--get", metavar="KEY",
+                         help="print KEY's value, for --cver or for every version")
+    actions.add_argument("-l", "--list", action="store_true", help="list the keys")
+    actions.add_argument("-a", "--all", action="store_true",
+                         help="print every key's value for every version")
+    parser.add_argument("--cver", metavar="VERSION", help="cluster version, e.g. 4.8")
+    add_global_options(parser)
+    parser.set_defaults(func=run_config, config_action=None)
+
+    sub = parser.add_subparsers(dest="config_action", metavar="check")
+    check = sub.add_parser(
+        "check", help="check property values against the definitions",
+        description="Exit 0 if every value is defined and matches, 1 with every problem.",
+    )
+    # SUPPRESS: `config --cver X check` must keep X.
+    check.add_argument("--cver", metavar="VERSION", default=argparse.SUPPRESS,
+                       help="cluster version (default: the agent's, from its settings)")
+    check.add_argument("--vm-prop", action="append", default=[], metavar="NAME=VALUE",
+                       help="a VM custom property (repeatable)")
+    check.add_argument("--device-prop", action="append", default=[], metavar="TYPE:NAME=VALUE",
+                       help="a device custom property, e.g. interface:speed=1000 (repeatable)")
+    add_global_options(check)
+    check.set_defaults(func=run_check)
+
+
+def _registry(args: argparse.Namespace) -> PropertyRegistry:
+    cver = getattr(args, "cver", None)
+    if cver is not None and (not cver or cver.strip() != cver):
+        raise UsageError(f"--cver: {cver!r} is not a cluster version")
+    settings = settings_from_args(args)
+    try:
+        return PropertyRegistry(settings.state_dir / DB_FILE_NAME, settings.cluster_version)
+    except PropertyError as e:
+        raise ConfigError(f"setting cluster_version: {e}") from None
+
+
+def _known_key(key: str) -> str:
+    if key not in KEYS:
+        raise UsageError(f"unknown key {key!r}; keys: {', '.join(KEYS)} (see -l)")
+    return key
+
+
+def _fail(messages: list[str]) -> int:
+    for message in messages:
+        print(f"hookvisor: {message}", file=sys.stderr)
+    return 1
+
+
+def run_config(args: argparse.Namespace) -> int:
+    if args.list:
+        for info in KEYS.values():
+            print(f"{info.name}: {info.description}")
+        return 0
+    if args.set is None and args.get is None and not args.all:
+        raise UsageError("config: give one of -s KEY=VALUE, -g KEY, -l, -a or the check command")
+    reg = _registry(args)
+    try:
+        if args.set is not None:
+            return _set(reg, args.set, args.cver)
+        keys = list(KEYS) if args.all else [_known_key(args.get)]
+        for key in keys:
+            _print_values(reg, key, args.cver)
+        return 0
+    except sqlite3.Error as e:
+        return _fail([f"property store {reg.store.path}: {e}"])
+    finally:
+        reg.close()
+
+
+def _set(reg: PropertyRegistry, assignment: str, cver: str | None) -> int:
+    key, sep, value = assignment.partition("=")
+    if not sep:
+        raise UsageError(f"-s: expected KEY=VALUE, got {assignment!r}")
+    _known_key(key)
+    if cver is None:
+        # As engine-config: a versioned key needs its version said out loud,
+        # rather than silently landing on whatever the settings say.
+        raise UsageError(f"-s {key} needs --cver=VERSION (this agent serves cluster "
+                         f"version {reg.cluster_version})")
+    try:
+        reg.set(key, value, version=cver)
+    except PropertyError as e:
+        return _fail([*e.problems, f"{key} for version {cver} left unchanged"])
+    return 0
+
+
+def _print_values(reg: PropertyRegistry, key: str, cver: str | None) -> None:
+    if cver is not None:
+        versions = {cver: reg.get(key, cver)}
+    else:
+        versions = {v.version: v.value for v in reg.stored(key)}
+        # The version the agent serves is always shown, empty if undefined,
+        # so that `-g` on a fresh host says something.
+        versions.setdefault(reg.cluster_version, "")
+    for version in sorted(versions, key=version_sort_key):
+        print(f"{key}: {versions[version]} version: {version}")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    if args.set is not None or args.get is not None or args.list or args.all:
+        raise UsageError("config check: does not combine with -s, -g, -l or -a")
+    vm: dict[str, object] = {}
+    for text in args.vm_prop:
+        name, value = parse_assignment(text, "--vm-prop")
+        if name in vm:
+            raise UsageError(f"--vm-prop: {name!r} given twice")
+        vm[name] = value
+    devices: dict[str, dict[str, object]] = {}
+    for text in args.device_prop:
+        dev_type, colon, assignment = text.partition(":")
+        if not colon or not dev_type:
+            raise UsageError(f"--device-prop: expected TYPE:NAME=VALUE, got {text!r}")
+        name, value = parse_assignment(assignment, "--device-prop")
+        props = devices.setdefault(dev_type, {})
+        if name in props:
+            raise UsageError(f"--device-prop: {dev_type}:{name} given twice")
+        props[name] = value
+    reg = _registry(args)
+    version = getattr(args, "cver", None) or reg.cluster_version
+    try:
+        problems = reg.problems(vm=vm, devices=list(devices.items()), version=version)
+    except sqlite3.Error as e:
+        return _fail([f"property store {reg.store.path}: {e}"])
+    finally:
+        reg.close()
+    if problems:
+        return _fail(problems)
+    count = len(vm) + sum(len(p) for p in devices.values())
+    print(f"ok: {count} propert{'y' if count == 1 else 'ies'} valid for cluster version {version}")
+    return 0
