@@ -246,7 +246,10 @@ def set_metadata(text: str, meta: Metadata) -> str:
     metadata = root.find("metadata")
     if metadata is None:
         metadata = ET.Element("metadata")
-        root.insert(min(2, len(root)), metadata)
+        at = min(2, len(root))
+        # Same layout as its neighbour, so hooks' diffs stay readable.
+        metadata.tail = root[at - 1].tail if at else None
+        root.insert(at, metadata)
     for old in metadata.findall(_Q + "vm"):
         metadata.remove(old)
     vm = ET.SubElement(metadata, _Q + "vm")
@@ -256,6 +259,8 @@ def set_metadata(text: str, meta: Metadata) -> str:
         _props_elems(dev, props)
     params = ET.SubElement(vm, _Q + "params")
     params.text = json.dumps(meta.params, sort_keys=True)
+    if metadata.tail and metadata.tail.strip() == "":
+        ET.indent(metadata, level=1)
     return to_string(root)
 
 

@@ -219,6 +219,22 @@ class Host:
             raise _wrap(e) from None
         return {dom.UUIDString(): dict(stats) for dom, stats in records}
 
+    def stats_for(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
+        """Bulk stats of the named domains (those that are gone are left out)."""
+        doms = []
+        for uuid in uuids:
+            try:
+                doms.append(self._lookup(uuid))
+            except HostError:
+                continue
+        if not doms:
+            return {}
+        try:
+            records = self._conn.domainListGetStats(doms, _STATS, 0)
+        except libvirt.libvirtError as e:
+            raise _wrap(e) from None
+        return {dom.UUIDString(): dict(stats) for dom, stats in records}
+
     # --- host -----------------------------------------------------------------
 
     def host_info(self) -> dict[str, Any]:

@@ -1,0 +1,36 @@
+"""What the lifecycle verbs work with, bundled so each verb is a plain function."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from hookvisor.agent.hookcalls import HookCalls
+from hookvisor.agent.registry import VmRegistry
+from hookvisor.virt.host import Host
+
+
+class PropertyChecker(Protocol):
+    """What the agent needs of hookvisor.props.registry.PropertyRegistry."""
+
+    def check(
+        self,
+        vm: Mapping[str, object] | None = None,
+        devices: Iterable[tuple[str, Mapping[str, object]]] = (),
+        networks: Iterable[Mapping[str, object]] = (),
+        version: str | None = None,
+    ) -> None: ...
+
+    def definitions(self, version: str | None = None) -> dict[str, dict[str, object]]: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    host: Host
+    registry: VmRegistry
+    hooks: HookCalls
+    props: PropertyChecker
+    # Where hooks leave launch flags (hookvisor.hooks.launchflags).
+    run_dir: Path

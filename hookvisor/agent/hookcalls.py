@@ -1,0 +1,110 @@
+"""The one way the agent runs an event's hooks, whatever the event.
+
+What differs between events (payload, may modify, may veto) is in the hook
+engine's catalogue; here a veto becomes `hookError` and every script's stderr
+reaches the log under the script's name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from hookvisor.agent.vm import Vm
+from hookvisor.errors import Code, VdsmError
+from hookvisor.hooks.runner import ChainResult
+
+log = logging.getLogger("hookvisor.hooks")
+
+# The events this agent runs (getVdsCapabilities reports them).
+SUPPORTED_EVENTS = (
+    "before_vdsm_start",
+    "after_vdsm_stop",
+    "before_vm_start",
+    "after_vm_start",
+    "before_device_create",
+    "after_device_create",
+    "before_vm_pause",
+    "after_vm_pause",
+    "before_vm_cont",
+    "after_vm_cont",
+    "before_vm_destroy",
+    "after_vm_destroy",
+    "before_device_destroy",
+    "after_device_destroy",
+    "before_get_caps",
+    "after_get_caps",
+    "before_get_stats",
+    "after_get_stats",
+    "before_get_vm_stats",
+    "after_get_vm_stats",
+    "before_get_all_vm_stats",
+    "after_get_all_vm_stats",
+)
+
+
+class Runner(Protocol):
+    """What the agent needs of hookvisor.hooks.runner.HookRunner."""
+
+    def run(
+        self,
+        event: str,
+        data: str = "",
+        vm_id: str | None = None,
+        vm_props: Mapping[str, object] | None = None,
+        device_props: Mapping[str, object] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> ChainResult: ...
+
+    def installed(self) -> dict[str, dict[str, dict[str, str]]]: ...
+
+
+class HookCalls:
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def run(
+        self,
+        event: str,
+        data: str = "",
+        vm: Vm | None = None,
+        device_props: Mapping[str, str] | None = None,
+        vm_id: str | None = None,
+    ) -> str:
+        """Run `event`; its final data (the input for events that may not modify).
+
+        Raises VdsmError(hookError) when a vetoing event's chain failed.
+        """
+        result = self.runner.run(
+            event,
+            data,
+            vm_id=vm.vm_id if vm is not None else vm_id,
+            vm_props=vm.vm_props if vm is not None else None,
+            device_props=device_props,
+        )
+        self._log(result)
+        if result.vetoed:
+            raise VdsmError(Code.HOOK_ERROR, result.message())
+        return result.data
+
+    def run_json(self, event: str, obj: Any, vm: Vm | None = None,
+                 vm_id: str | None = None) -> Any:
+        """Run a JSON event; the hooks' final JSON, or `obj` if they left none that parses."""
+        text = self.run(event, json.dumps(obj), vm=vm, vm_id=vm_id)
+        try:
+            return json.loads(text)
+        except ValueError:
+            log.warning("%s: hooks left JSON that does not parse; result unchanged", event)
+            return obj
+
+    @staticmethod
+    def _log(result: ChainResult) -> None:
+        for run in result.runs:
+            # Failures are logged by the engine with their stderr; the rest here.
+            if not run.failed and run.stderr.strip():
+                for line in run.stderr.strip().splitlines():
+                    log.info("hook %s/%s: %s", run.event, run.script, line)
+        for problem in result.refused:
+            log.warning("%s: %s", result.event.name, problem)

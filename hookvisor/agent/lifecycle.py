@@ -1,0 +1,234 @@
+"""create, destroy, pause, cont: each runs its events of SPEC §2 around libvirt.
+
+Every verb holds the VM's own lock for its whole length, so operations on one
+VM are serialised and operations on different VMs run in parallel. A `before_`
+veto or a libvirt failure leaves the VM as it was; an `after_` hook never
+changes the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hookvisor.agent.context import Context
+from hookvisor.agent.params import CreateRequest, parse_create
+from hookvisor.agent.vm import DOWN, PAUSED, UP, Vm
+from hookvisor.errors import Code, VdsmError
+from hookvisor.hooks import launchflags
+from hookvisor.props.errors import PropertyError
+from hookvisor.virt import domain_xml as dx
+from hookvisor.virt.host import HostError
+
+log = logging.getLogger("hookvisor.agent")
+
+
+def metadata_of(vm: Vm) -> dx.Metadata:
+    return dx.Metadata(vm.vm_props, vm.device_props, {**vm.params, "startedAt": vm.started_at})
+
+
+def custom_devices(vm: Vm, xml: str) -> list[tuple[dx.DeviceRef, dict[str, str]]]:
+    """The devices of `xml` that carry custom properties, in device order."""
+    if not vm.device_props:
+        return []
+    try:
+        refs = dx.devices(xml)
+    except dx.DomainXmlError:
+        return []
+    return [(r, vm.device_props[r.key]) for r in refs if r.key in vm.device_props]
+
+
+def run_after(ctx: Context, event: str, xml: str, vm: Vm,
+              device_props: dict[str, str] | None = None) -> None:
+    """An after_ event: whatever happens in it, the operation stands."""
+    try:
+        ctx.hooks.run(event, xml, vm, device_props)
+    except Exception:
+        log.exception("%s for VM %s failed", event, vm.vm_id)
+
+
+def after_destroy(ctx: Context, vm: Vm, xml: str) -> None:
+    for ref, props in custom_devices(vm, xml):
+        run_after(ctx, "after_device_destroy", ref.xml, vm, props)
+    run_after(ctx, "after_vm_destroy", xml, vm)
+
+
+def _locked(ctx: Context, vm_id: object, body: Callable[[Vm], Any]) -> Any:
+    vm = ctx.registry.get(vm_id)
+    with vm.lock:
+        if vm.removed:
+            raise VdsmError(Code.NO_VM, f"no VM with vmId {vm_id!r}")
+        return body(vm)
+
+
+# --- create -------------------------------------------------------------------
+
+
+def _initial(ctx: Context, req: CreateRequest) -> tuple[str, dict[str, dict[str, str]]]:
+    """The domain XML before any hook, and the device custom props by device key."""
+    if req.spec is None:
+        assert req.xml is not None
+        return req.xml, dict(req.xml_device_props)
+    xml = dx.build(req.spec, ctx.host.domain_type, ctx.host.arch)
+    refs = dx.devices(xml)
+    device_props = {}
+    for ref, dev in zip(refs, req.spec.devices, strict=True):
+        if dev.custom and ref.key is not None:
+            device_props[ref.key] = dict(dev.custom)
+    return xml, device_props
+
+
+def _check_props(ctx: Context, req: CreateRequest,
+                 device_props: dict[str, dict[str, str]]) -> None:
+    devices = [(dx.device_type(key), props) for key, props in device_props.items()]
+    try:
+        ctx.props.check(vm=req.vm_props, devices=devices)
+    except PropertyError as e:
+        raise VdsmError(Code.CREATE_ERR, f"bad custom properties: {e}") from None
+
+
+def _device_hooks(ctx: Context, vm: Vm, xml: str) -> str:
+    """before_device_create per device with custom props; each result replaces its device."""
+    for ref, props in custom_devices(vm, xml):
+        new = ctx.hooks.run("before_device_create", ref.xml, vm, props)
+        if new == ref.xml:
+            continue
+        try:
+            xml = dx.replace_device(xml, ref.index, new)
+            new_key = dx.device_key(dx.parse(new, "device XML"))
+        except dx.DomainXmlError as e:
+            raise VdsmError(Code.HOOK_ERROR, f"before_device_create for {ref.key}: {e}") from None
+        if ref.key is not None and new_key is not None and new_key != ref.key:
+            # A hook changed the device's identity (MAC, target): follow it.
+            vm.device_props[new_key] = vm.device_props.pop(ref.key)
+    return xml
+
+
+def _vm_start_hooks(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, bool]:
+    """before_vm_start, with the launch flags a hook may change (start paused)."""
+    launchflags.write_flags(ctx.run_dir, vm.vm_id, launchflags.START_PAUSED if paused else 0)
+    try:
+        xml = ctx.hooks.run("before_vm_start", xml, vm)
+        flags = launchflags.read_flags(ctx.run_dir, vm.vm_id)
+    finally:
+        launchflags.clear_flags(ctx.run_dir, vm.vm_id)
+    return xml, bool(flags & launchflags.START_PAUSED)
+
+
+def _start(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, bool]:
+    xml = dx.set_metadata(xml, metadata_of(vm))
+    xml = _device_hooks(ctx, vm, xml)
+    xml, paused = _vm_start_hooks(ctx, vm, xml, paused)
+    try:
+        # Ours again, whatever a hook did to it (and with re-keyed devices).
+        xml = dx.set_metadata(xml, metadata_of(vm))
+    except dx.DomainXmlError as e:
+        raise VdsmError(Code.CREATE_ERR, f"domain XML after hooks: {e}") from None
+    try:
+        return ctx.host.start(xml, paused), paused
+    except HostError as e:
+        raise VdsmError(Code.CREATE_ERR, f"libvirt could not start VM {vm.vm_id}: {e}") from None
+
+
+def _known_id(ctx: Context, params: Any) -> None:
+    """`exist` for a vmId in use, before the other params are even looked at (VDSM order)."""
+    vm_id = params.get("vmId") if isinstance(params, dict) else None
+    if isinstance(vm_id, str) and ctx.registry.find(vm_id.lower()) is not None:
+        raise VdsmError(Code.EXIST, f"VM {vm_id} already exists")
+
+
+def create(ctx: Context, params: Any) -> dict[str, Any]:
+    _known_id(ctx, params)
+    req = parse_create(params)
+    xml, device_props = _initial(ctx, req)
+    _check_props(ctx, req, device_props)
+    vm = Vm(req.vm_id, req.name, req.params, dict(req.vm_props), device_props,
+            started_at=time.time())
+    ctx.registry.add(vm)
+    with vm.lock:
+        try:
+            live, paused = _start(ctx, vm, xml, req.launch_paused)
+        except BaseException:
+            # Nothing was defined (transient domain), so forgetting the record is all.
+            ctx.registry.remove(vm)
+            raise
+        vm.xml = live
+        vm.status = PAUSED if paused else UP
+        log.info("VM %s (%s) started%s", vm.vm_id, vm.name, " paused" if paused else "")
+        run_after(ctx, "after_vm_start", live, vm)
+        for ref, props in custom_devices(vm, live):
+            run_after(ctx, "after_device_create", ref.xml, vm, props)
+        return vm.full()
+
+
+# --- destroy, pause, cont -----------------------------------------------------
+
+
+def _live_xml(ctx: Context, vm: Vm) -> str:
+    try:
+        vm.xml = ctx.host.xml(vm.vm_id)
+    except HostError as e:
+        log.warning("VM %s: no live XML (%s); using the last known", vm.vm_id, e)
+    return vm.xml
+
+
+def destroy(ctx: Context, vm_id: object) -> dict[str, Any]:
+    def body(vm: Vm) -> dict[str, Any]:
+        if vm.status == DOWN:
+            # It died on its own; its after_ hooks ran then. Only the record is left.
+            ctx.registry.remove(vm)
+            return {}
+        xml = _live_xml(ctx, vm)
+        ctx.hooks.run("before_vm_destroy", xml, vm)
+        devices = custom_devices(vm, xml)
+        for ref, props in devices:
+            ctx.hooks.run("before_device_destroy", ref.xml, vm, props)
+        vm.stopping = True
+        try:
+            ctx.host.destroy(vm.vm_id)
+        except HostError as e:
+            if not e.no_domain:
+                vm.stopping = False
+                raise VdsmError(Code.DESTROY_ERR, f"libvirt could not destroy VM {vm.vm_id}: "
+                                f"{e}") from None
+        vm.status = DOWN
+        vm.exit_message = "destroyed by the agent"
+        log.info("VM %s (%s) destroyed", vm.vm_id, vm.name)
+        after_destroy(ctx, vm, xml)
+        ctx.registry.remove(vm)
+        return {}
+
+    result: dict[str, Any] = _locked(ctx, vm_id, body)
+    return result
+
+
+def _pause_or_cont(ctx: Context, vm_id: object, verb: str) -> dict[str, Any]:
+    def body(vm: Vm) -> dict[str, Any]:
+        if vm.status == DOWN:
+            raise VdsmError(Code.GENERAL, f"VM {vm.vm_id} is Down")
+        xml = _live_xml(ctx, vm)
+        ctx.hooks.run(f"before_vm_{verb}", xml, vm)
+        try:
+            if verb == "pause":
+                ctx.host.suspend(vm.vm_id)
+            else:
+                ctx.host.resume(vm.vm_id)
+        except HostError as e:
+            code = Code.NO_VM if e.no_domain else Code.GENERAL
+            raise VdsmError(code, f"libvirt could not {verb} VM {vm.vm_id}: {e}") from None
+        vm.status = PAUSED if verb == "pause" else UP
+        run_after(ctx, f"after_vm_{verb}", xml, vm)
+        return {}
+
+    result: dict[str, Any] = _locked(ctx, vm_id, body)
+    return result
+
+
+def pause(ctx: Context, vm_id: object) -> dict[str, Any]:
+    return _pause_or_cont(ctx, vm_id, "pause")
+
+
+def cont(ctx: Context, vm_id: object) -> dict[str, Any]:
+    return _pause_or_cont(ctx, vm_id, "cont")

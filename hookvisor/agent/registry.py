@@ -1,0 +1,42 @@
+"""The VMs the agent knows: a map behind one lock, held only to read or change the map."""
+
+from __future__ import annotations
+
+import threading
+
+from hookvisor.agent.vm import Vm
+from hookvisor.errors import Code, VdsmError
+
+
+class VmRegistry:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._vms: dict[str, Vm] = {}
+
+    def add(self, vm: Vm) -> None:
+        """Claim `vm.vm_id`; `exist` if it is taken (a create in flight counts)."""
+        with self._lock:
+            if vm.vm_id in self._vms:
+                raise VdsmError(Code.EXIST, f"VM {vm.vm_id} already exists")
+            self._vms[vm.vm_id] = vm
+
+    def get(self, vm_id: object) -> Vm:
+        with self._lock:
+            vm = self._vms.get(vm_id) if isinstance(vm_id, str) else None
+        if vm is None:
+            raise VdsmError(Code.NO_VM, f"no VM with vmId {vm_id!r}")
+        return vm
+
+    def find(self, vm_id: str) -> Vm | None:
+        with self._lock:
+            return self._vms.get(vm_id)
+
+    def remove(self, vm: Vm) -> None:
+        with self._lock:
+            if self._vms.get(vm.vm_id) is vm:
+                del self._vms[vm.vm_id]
+            vm.removed = True
+
+    def all(self) -> list[Vm]:
+        with self._lock:
+            return list(self._vms.values())

@@ -1,0 +1,153 @@
+"""`hookvisor serve`: the agent daemon.
+
+Settings: defaults < /etc/hookvisor/hookvisor.toml (or --config) < HOOKVISOR_*
+environment < flags. Logs go to stderr, one line per record. SIGTERM and
+SIGINT stop it cleanly: no new requests, requests in flight finish, then
+after_vdsm_stop runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from hookvisor.cli.common import add_global_options, parse_assignment, settings_from_args
+from hookvisor.config import Settings
+
+log = logging.getLogger("hookvisor.serve")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the agent: VDSM's XML-RPC API on libvirt, with hooks")
+    add_global_options(p)
+    p.add_argument("--libvirt-uri", help="libvirt URI (default test:///default)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="XML-RPC address (default "
+                   "127.0.0.1:54321)")
+    p.add_argument("--hooks-dir", type=Path, help="hooks dir (default "
+                   "/usr/libexec/hookvisor/hooks)")
+    p.add_argument("--run-dir", type=Path, help="run dir for hook temp files and launch flags")
+    p.add_argument("--cluster-version", help="custom property definitions to check against")
+    p.add_argument("--domain-type", choices=("auto", "kvm", "qemu"),
+                   help="domain type for params-built VMs (default auto)")
+    p.add_argument("--hook-timeout", type=float, metavar="SECONDS",
+                   help="default timeout of one hook script")
+    p.add_argument("--hook-grace", type=float, metavar="SECONDS",
+                   help="between SIGTERM and SIGKILL for a hook past its timeout")
+    p.add_argument("--event-timeout", action="append", default=[], metavar="EVENT=SECONDS",
+                   help="timeout for one event's scripts (repeatable)")
+    p.add_argument("--log-level", default="INFO",
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from hookvisor.cli.main import UsageError
+
+    timeouts: dict[str, float] | None = None
+    if args.event_timeout:
+        timeouts = {}
+        for item in args.event_timeout:
+            name, value = parse_assignment(item, "--event-timeout")
+            try:
+                timeouts[name] = float(value)
+            except ValueError:
+                raise UsageError(f"--event-timeout {item!r}: seconds must be a number") from None
+    return settings_from_args(
+        args,
+        libvirt_uri=args.libvirt_uri,
+        listen=args.listen,
+        hooks_dir=args.hooks_dir,
+        run_dir=args.run_dir,
+        cluster_version=args.cluster_version,
+        domain_type=args.domain_type,
+        hook_timeout=args.hook_timeout,
+        hook_grace=args.hook_grace,
+        event_timeouts=timeouts,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level, format=LOG_FORMAT)
+    return serve(settings)
+
+
+def serve(settings: Settings, ready: threading.Event | None = None,
+          stop: threading.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set); 0 on a clean stop, 1 if it cannot start."""
+    # Imported here so `hookvisor --help` does not load libvirt.
+    from hookvisor.agent.core import Agent
+    from hookvisor.agent.hookcalls import HookCalls
+    from hookvisor.hooks.records import RunRecords
+    from hookvisor.hooks.runner import HookRunner, RunnerConfig
+    from hookvisor.props.registry import PropertyRegistry
+    from hookvisor.rpc.xmlrpc import make_server
+    from hookvisor.virt.host import Host, HostError
+
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: _request_stop(stop, signum))
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        records = RunRecords(settings.state_dir / "hookruns.sqlite",
+                             limit=settings.hook_history_limit)
+        props = PropertyRegistry(settings.state_dir / "properties.sqlite",
+                                 settings.cluster_version)
+    except (OSError, ValueError) as e:
+        log.error("cannot start: %s", e)
+        return 1
+    runner = HookRunner(RunnerConfig.from_settings(settings), records)
+    if runner.cleanup_stale():
+        log.info("removed hook data files left by an earlier agent")
+    hooks = HookCalls(runner)
+    # VDSM only logs a failing before_vdsm_start; so do we (the engine records it).
+    hooks.run("before_vdsm_start")
+    try:
+        host = Host(settings.libvirt_uri, settings.domain_type)
+    except HostError as e:
+        log.error("cannot start: %s", e)
+        hooks.run("after_vdsm_stop")
+        return 1
+    agent = Agent(host, hooks, props, settings.run_dir, settings.cluster_version, records)
+    try:
+        server = make_server(agent, settings.listen)
+    except (OSError, ValueError) as e:
+        log.error("cannot listen on %s: %s", settings.listen, e)
+        agent.close()
+        hooks.run("after_vdsm_stop")
+        return 1
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="xmlrpc")
+    thread.start()
+    log.info("listening on %s (libvirt %s, domain type %s, hooks %s)", settings.listen,
+             settings.libvirt_uri, host.domain_type, settings.hooks_dir)
+    adopted = agent.recover()
+    log.info("ready: %d VM(s) recovered", adopted)
+    if ready is not None:
+        ready.set()
+    while not stop.wait(0.5):
+        pass
+    log.info("stopping: finishing requests in flight")
+    server.shutdown()
+    server.server_close()  # joins the request threads
+    thread.join()
+    agent.close()
+    hooks.run("after_vdsm_stop")
+    records.close()
+    props.close()
+    log.info("stopped")
+    return 0
+
+
+def _request_stop(stop: threading.Event, signum: int) -> None:
+    log.info("%s received", signal.Signals(signum).name)
+    stop.set()

@@ -1,0 +1,143 @@
+"""The XML-RPC adapter: VDSM's verb names and response envelope over the Agent.
+
+Every verb is wrapped once, generically: success is `{'status': {'code': 0,
+'message': 'Done'}, <payload key>: payload}`; a VdsmError is its code and
+message; a verb of SPEC §4 not built yet (or unknown) is `noimpl`; anything
+unexpected is `unexpected` with a message, logged with its traceback here. A
+client never gets an XML-RPC Fault.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import socket
+import socketserver
+import time
+from collections.abc import Callable
+from typing import Any
+from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
+
+from hookvisor.agent.core import Agent
+from hookvisor.errors import CODE_NAMES, Code, VdsmError
+
+log = logging.getLogger("hookvisor.rpc")
+
+# Verbs of SPEC §4 this agent does not do yet: `noimpl`, never a traceback.
+NOT_BUILT = frozenset({
+    "hibernate", "migrate", "migrationCreate", "migrateStatus", "hotplugNic",
+    "hotunplugNic", "hotplugDisk", "hotunplugDisk", "vmUpdateDevice", "setupNetworks",
+})
+
+_CHANGES = frozenset({"create", "destroy", "pause", "cont"})
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
+def verbs(agent: Agent) -> dict[str, tuple[str | None, Callable[..., Any]]]:
+    """VDSM verb -> (payload key in the reply, or None for none; the agent method)."""
+    return {
+        "create": ("vmList", agent.create),
+        "destroy": (None, agent.destroy),
+        "pause": (None, agent.pause),
+        "cont": (None, agent.cont),
+        "list": ("vmList", agent.list_vms),
+        "getVmStats": ("statsList", agent.get_vm_stats),
+        "getAllVmStats": ("statsList", agent.get_all_vm_stats),
+        "getVdsCapabilities": ("info", agent.get_vds_capabilities),
+        "getVdsStats": ("info", agent.get_vds_stats),
+        "getHookRuns": ("hookRuns", agent.get_hook_runs),
+        "getCustomPropertyDefinitions": ("definitions", agent.get_custom_property_definitions),
+    }
+
+
+def status(code: Code, message: str) -> dict[str, Any]:
+    return {"status": {"code": int(code), "message": message}}
+
+
+def xmlrpc_safe(value: Any) -> Any:
+    """XML-RPC ints are 32-bit and struct keys strings: larger numbers travel as strings."""
+    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+        return value
+    if isinstance(value, int):
+        return value if _INT_MIN <= value <= _INT_MAX else str(value)
+    if isinstance(value, dict):
+        return {str(k): xmlrpc_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [xmlrpc_safe(v) for v in value]
+    return str(value)
+
+
+class Dispatcher:
+    def __init__(self, agent: Agent) -> None:
+        self._verbs = verbs(agent)
+        self._signatures = {name: inspect.signature(func)
+                            for name, (_, func) in self._verbs.items()}
+
+    def _dispatch(self, method: str, params: tuple[Any, ...]) -> dict[str, Any]:
+        started = time.monotonic()
+        reply = self._call(method, params)
+        code = reply["status"]["code"]
+        # Changes at info, reports (polled often) at debug.
+        level = logging.INFO if method in _CHANGES or code else logging.DEBUG
+        log.log(level, "rpc %s -> %s %d (%.3fs)", method, CODE_NAMES.get(Code(code), code),
+                code, time.monotonic() - started)
+        return reply
+
+    def _call(self, method: str, params: tuple[Any, ...]) -> dict[str, Any]:
+        if method not in self._verbs:
+            what = "not implemented yet" if method in NOT_BUILT else "unknown verb"
+            return status(Code.NOIMPL, f"{method}: {what}")
+        key, func = self._verbs[method]
+        try:
+            self._signatures[method].bind(*params)
+        except TypeError as e:
+            return status(Code.GENERAL, f"{method}: bad arguments: {e}")
+        try:
+            payload = func(*params)
+        except VdsmError as e:
+            if e.code in (Code.HOOK_ERROR, Code.CREATE_ERR, Code.DESTROY_ERR):
+                log.warning("rpc %s: %s", method, e)
+            return status(e.code, e.message)
+        except Exception as e:
+            log.exception("rpc %s failed unexpectedly", method)
+            return status(Code.UNEXPECTED, f"{method}: unexpected error: "
+                          f"{type(e).__name__}: {e}")
+        reply = status(Code.DONE, "Done")
+        if key is not None:
+            reply[key] = xmlrpc_safe(payload)
+        return reply
+
+
+class _Handler(SimpleXMLRPCRequestHandler):
+    rpc_paths = ("/", "/RPC2")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http %s: " + format, self.address_string(), *args)
+
+
+class AgentServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
+    # Request threads are joined on server_close(): a stop never cuts a request half-way.
+    daemon_threads = False
+    block_on_close = True
+    allow_reuse_address = True
+
+
+class AgentServer6(AgentServer):
+    address_family = socket.AF_INET6
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[V6]:PORT' -> (host, port); ValueError naming what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def make_server(agent: Agent, listen: str) -> AgentServer:
+    host, port = parse_listen(listen)
+    cls = AgentServer6 if ":" in host else AgentServer
+    server = cls((host, port), requestHandler=_Handler, logRequests=False,
+                         allow_none=True)
+    server.register_instance(Dispatcher(agent))
+    return server
