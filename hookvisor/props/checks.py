@@ -104,13 +104,15 @@ def _compile_defs(
     defs: tuple[PropertyDef, ...], where: str, problems: list[str]
 ) -> dict[str, Rule]:
     rules: dict[str, Rule] = {}
+    seen: set[str] = set()
     for d in defs:
+        if d.name in seen:
+            problems.append(f"{where}: property {d.name!r} is defined twice")
+            continue
+        seen.add(d.name)
         reason = reserved_reason(d.name)
         if reason is not None:
             problems.append(f"{where}: property {d.name!r}: {reason}")
-            continue
-        if d.name in rules:
-            problems.append(f"{where}: property {d.name!r} is defined twice")
             continue
         try:
             pattern = re.compile(d.regex, re.ASCII)

@@ -101,6 +101,9 @@ def split_devices(text: str, key: str) -> tuple[tuple[DeviceGroup, ...], list[st
     """The groups that could be read, and the problems; for reporting all at once."""
     groups: list[DeviceGroup] = []
     problems: list[str] = []
+    if text.endswith("}};"):
+        problems.append(f"{key}: a stray ';' at the end")
+        text = text[:-1]
     pos = 0
     while pos < len(text):
         where = f"{key}: device group {len(groups) + 1} (at character {pos + 1})"
