@@ -1,0 +1,254 @@
+"""Shared fixtures: an agent served in a subprocess or in-process, and qemu:///system.
+
+Every domain a test creates is named `hvtest-...`; whatever such domain is left
+after a test is destroyed, and the test that left it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import xmlrpc.client
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+QEMU_URI = "qemu:///system"
+TEST_URI = "test:///default"
+PREFIX = "hvtest-"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class AgentDirs:
+    root: Path
+    hooks: Path = field(init=False)
+    state: Path = field(init=False)
+    run: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hooks = self.root / "hooks"
+        self.state = self.root / "state"
+        self.run = self.root / "run"
+        for d in (self.hooks, self.state, self.run):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def hook(self, event: str, name: str, body: str, python: bool = False) -> Path:
+        """Install an executable hook script (shell unless `python`)."""
+        directory = self.hooks / event
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / name
+        shebang = f"#!{sys.executable}\n" if python else "#!/bin/sh\n"
+        path.write_text(shebang + textwrap.dedent(body).lstrip("\n"))
+        path.chmod(0o755)
+        return path
+
+    def define(self, key: str, value: str, version: str = "4.8") -> None:
+        """Define custom properties, as `hookvisor config -s` would."""
+        from hookvisor.props.registry import PropertyRegistry
+
+        reg = PropertyRegistry(self.state / "properties.sqlite", version)
+        try:
+            reg.set(key, value)
+        finally:
+            reg.close()
+
+    def leftover_files(self) -> list[Path]:
+        return [p for p in self.run.rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> AgentDirs:
+    return AgentDirs(tmp_path / "agent")
+
+
+def proxy(url: str) -> xmlrpc.client.ServerProxy:
+    return xmlrpc.client.ServerProxy(url, allow_none=True)
+
+
+def wait_ready(url: str, timeout: float = 30.0, alive: Callable[[], bool] = lambda: True) -> None:
+    """Until `list` answers Done (not `recovery`, not a refused connection)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise AssertionError("agent exited before it was ready")
+        try:
+            if proxy(url).list()["status"]["code"] == 0:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"agent at {url} not ready after {timeout}s")
+
+
+class AgentProcess:
+    """`python -m hookvisor.cli.main serve ...` in a subprocess, its log in a file."""
+
+    def __init__(self, dirs: AgentDirs, uri: str, extra: list[str] | None = None) -> None:
+        self.dirs = dirs
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_path = dirs.root / f"agent-{self.port}.log"
+        argv = [sys.executable, "-m", "hookvisor.cli.main", "serve",
+                "--libvirt-uri", uri, "--listen", f"127.0.0.1:{self.port}",
+                "--hooks-dir", str(dirs.hooks), "--state-dir", str(dirs.state),
+                "--run-dir", str(dirs.run), "--log-level", "DEBUG", *(extra or [])]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("HOOKVISOR_CONFIG", None)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=env, cwd=REPO)
+        wait_ready(self.url, alive=lambda: self.proc.poll() is None)
+
+    @property
+    def api(self) -> xmlrpc.client.ServerProxy:
+        return proxy(self.url)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        finally:
+            self._log.close()
+        return rc
+
+
+@pytest.fixture
+def serve_process(dirs: AgentDirs) -> Iterator[Callable[..., AgentProcess]]:
+    started: list[AgentProcess] = []
+
+    def start(uri: str = TEST_URI, extra: list[str] | None = None) -> AgentProcess:
+        agent = AgentProcess(dirs, uri, extra)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        if agent.proc.poll() is None:
+            agent.stop(signal.SIGKILL)
+
+
+class InProcessAgent:
+    """`serve()` on a thread: the test shares the process's test:///default with it."""
+
+    def __init__(self, dirs: AgentDirs, uri: str) -> None:
+        from hookvisor.cli.serve_cmd import serve
+        from hookvisor.config import load_settings
+
+        self.dirs = dirs
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        settings = load_settings(
+            None,
+            {"libvirt_uri": uri, "listen": f"127.0.0.1:{self.port}",
+             "hooks_dir": dirs.hooks, "state_dir": dirs.state, "run_dir": dirs.run},
+            environ={},
+        )
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+        self.rc: int | None = None
+
+        def run() -> None:
+            self.rc = serve(settings, self.ready, self.stopping)
+
+        self.thread = threading.Thread(target=run, name="agent", daemon=True)
+        self.thread.start()
+        if not self.ready.wait(30):
+            raise AssertionError("in-process agent did not start")
+        wait_ready(self.url)
+
+    @property
+    def api(self) -> xmlrpc.client.ServerProxy:
+        return proxy(self.url)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "agent did not stop"
+
+
+@pytest.fixture
+def inproc_agent(dirs: AgentDirs) -> Iterator[Callable[..., InProcessAgent]]:
+    started: list[InProcessAgent] = []
+
+    def start(uri: str = TEST_URI) -> InProcessAgent:
+        agent = InProcessAgent(dirs, uri)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        if agent.thread.is_alive():
+            agent.stop()
+
+
+def hvtest_domains(uri: str) -> list[str]:
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        names = []
+        for dom in conn.listAllDomains():
+            if dom.name().startswith(PREFIX):
+                names.append(dom.name())
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
+                if dom.isPersistent():
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.undefine()
+        return names
+    finally:
+        conn.close()
+
+
+def _qemu_reachable() -> str | None:
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    try:
+        conn = libvirt.open(QEMU_URI)
+    except libvirt.libvirtError as e:
+        return str(e)
+    conn.close()
+    return None
+
+
+@pytest.fixture
+def qemu_system() -> Iterator[str]:
+    """qemu:///system, or skip (fail under CI=true: the CI must run these)."""
+    problem = _qemu_reachable()
+    if problem is not None:
+        message = f"{QEMU_URI} not reachable (is libvirtd running? scripts/libvirtd.sh): {problem}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield QEMU_URI
+    leaked = hvtest_domains(QEMU_URI)
+    assert not leaked, f"test left domains behind on {QEMU_URI}: {leaked}"
+
+
+@pytest.fixture
+def test_driver_leak_guard() -> Iterator[None]:
+    """test:///default is per process: an `hvtest-` domain left there after a test leaked."""
+    yield
+    leaked = hvtest_domains(TEST_URI)
+    assert not leaked, f"test left domains behind on {TEST_URI}: {leaked}"
