@@ -120,6 +120,8 @@ class AgentServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
     daemon_threads = False
     block_on_close = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 resets clients when many connect at once.
+    request_queue_size = 256
 
 
 class AgentServer6(AgentServer):

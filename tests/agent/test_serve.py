@@ -1,0 +1,111 @@
+"""`hookvisor serve` as a process: config, logs, start/stop hooks, clean stop on signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hookvisor.agent.core import Agent
+from hookvisor.agent.hookcalls import HookCalls
+from hookvisor.errors import Code, VdsmError
+from hookvisor.hooks.runner import HookRunner, RunnerConfig
+from hookvisor.props.registry import PropertyRegistry
+from hookvisor.virt.host import Host
+
+
+def test_sigterm_finishes_the_request_in_flight(dirs: Any, serve_process: Any) -> None:
+    dirs.hook("before_vdsm_start", "50_mark", f"touch {dirs.root}/started\n")
+    dirs.hook("after_vdsm_stop", "50_mark", f"touch {dirs.root}/stopped\n")
+    dirs.hook("before_vm_start", "50_slow", "sleep 1.5\necho slow hook done >&2\n")
+    agent = serve_process()
+    assert (dirs.root / "started").exists()
+    replies: list[dict[str, Any]] = []
+    p = {"vmId": str(uuid.uuid4()), "vmName": "hvtest-term", "memSize": 64}
+    client = threading.Thread(target=lambda: replies.append(agent.api.create(p)))
+    client.start()
+    time.sleep(0.7)  # the hook is running now
+    assert agent.stop(signal.SIGTERM) == 0
+    client.join(10)
+    assert replies and replies[0]["status"]["code"] == 0
+    log = agent.log()
+    assert "SIGTERM received" in log and "stopped" in log
+    assert "before_vm_start/50_slow: slow hook done" in log  # hook stderr, with its name
+    assert (dirs.root / "stopped").exists()
+    assert dirs.leftover_files() == []
+
+
+def test_sigint_stops_cleanly(dirs: Any, serve_process: Any) -> None:
+    dirs.hook("after_vdsm_stop", "50_mark", f"touch {dirs.root}/stopped\n")
+    agent = serve_process()
+    assert agent.stop(signal.SIGINT) == 0
+    assert (dirs.root / "stopped").exists()
+    assert "Traceback" not in agent.log()
+
+
+def test_config_file_and_flags(dirs: Any, serve_process: Any, tmp_path: Path) -> None:
+    config = tmp_path / "hookvisor.toml"
+    config.write_text('cluster_version = "4.1"\nhook_timeout = 0.5\nhook_grace = 0.2\n')
+    dirs.hook("before_vm_start", "50_hang", "sleep 30\n")
+    # The flag wins over the file; the file's timeout applies.
+    agent = serve_process(extra=["--config", str(config), "--cluster-version", "4.2"])
+    caps = agent.api.getVdsCapabilities()["info"]
+    assert caps["clusterLevels"] == ["4.2"]
+    started = time.monotonic()
+    reply = agent.api.create({"vmId": str(uuid.uuid4()), "vmName": "hvtest-cfg",
+                              "memSize": 64})
+    assert reply["status"]["code"] == 78 and "timed out" in reply["status"]["message"]
+    assert time.monotonic() - started < 5
+    assert agent.stop() == 0
+
+
+def test_a_failing_before_vdsm_start_is_logged_not_fatal(dirs: Any,
+                                                         serve_process: Any) -> None:
+    dirs.hook("before_vdsm_start", "50_fail", "echo cannot prepare >&2\nexit 1\n")
+    agent = serve_process()
+    assert agent.api.list()["status"]["code"] == 0
+    assert agent.stop() == 0
+    assert "cannot prepare" in agent.log()
+
+
+def test_cannot_start_without_libvirt(dirs: Any) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hookvisor.cli.main", "serve", "--libvirt-uri",
+         "qemu+unix:///system?socket=/nonexistent/sock", "--listen", "127.0.0.1:0",
+         "--hooks-dir", str(dirs.hooks), "--state-dir", str(dirs.state),
+         "--run-dir", str(dirs.run)],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "cannot connect to libvirt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_flag_is_a_usage_error(dirs: Any) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hookvisor.cli.main", "serve", "--event-timeout", "x",
+         "--state-dir", str(dirs.state)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--event-timeout" in proc.stderr
+
+
+def test_verbs_answer_recovery_until_recovered(dirs: Any) -> None:
+    runner = HookRunner(RunnerConfig(hooks_dir=dirs.hooks, run_dir=dirs.run))
+    props = PropertyRegistry(dirs.state / "properties.sqlite", "4.8")
+    agent = Agent(Host("test:///default"), HookCalls(runner), props, dirs.run, "4.8")
+    try:
+        for call in (lambda: agent.list_vms(), lambda: agent.create({}),
+                     lambda: agent.destroy("x"), lambda: agent.get_all_vm_stats()):
+            with pytest.raises(VdsmError) as err:
+                call()
+            assert err.value.code == Code.RECOVERY
+        assert agent.recover() == 0
+        assert agent.list_vms() == []
+    finally:
+        agent.close()
+        props.close()
