@@ -4,6 +4,7 @@
     hookvisor config -g UserDefinedVMProperties [--cver=4.0]
     hookvisor config -l | -a
     hookvisor config check [--cver=4.0] [--vm-prop N=V]... [--device-prop TYPE:N=V]...
+                           [--network-prop N=V]...
 
 Exit 0 done, 1 refused (a bad definition, a value that fails its check, an
 unreadable store), 2 usage error. Every error is one line, never a traceback.
@@ -76,6 +77,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="a VM custom property (repeatable)")
     check.add_argument("--device-prop", action="append", default=[], metavar="TYPE:NAME=VALUE",
                        help="a device custom property, e.g. interface:speed=1000 (repeatable)")
+    check.add_argument("--network-prop", action="append", default=[], metavar="NAME=VALUE",
+                       help="a host network custom property (repeatable)")
     add_global_options(check)
     check.set_defaults(func=run_check)
 
@@ -153,15 +156,21 @@ def _print_values(reg: PropertyRegistry, key: str, cver: str | None) -> None:
         print(f"{key}: {versions[version]} version: {version}")
 
 
+def _assignments(texts: list[str], option: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for text in texts:
+        name, value = parse_assignment(text, option)
+        if name in out:
+            raise UsageError(f"{option}: {name!r} given twice")
+        out[name] = value
+    return out
+
+
 def run_check(args: argparse.Namespace) -> int:
     if args.set is not None or args.get is not None or args.list or args.all:
         raise UsageError("config check: does not combine with -s, -g, -l or -a")
-    vm: dict[str, object] = {}
-    for text in args.vm_prop:
-        name, value = parse_assignment(text, "--vm-prop")
-        if name in vm:
-            raise UsageError(f"--vm-prop: {name!r} given twice")
-        vm[name] = value
+    vm = _assignments(args.vm_prop, "--vm-prop")
+    network = _assignments(args.network_prop, "--network-prop")
     devices: dict[str, dict[str, object]] = {}
     for text in args.device_prop:
         dev_type, colon, assignment = text.partition(":")
@@ -175,13 +184,14 @@ def run_check(args: argparse.Namespace) -> int:
     reg = _registry(args)
     version = getattr(args, "cver", None) or reg.cluster_version
     try:
-        problems = reg.problems(vm=vm, devices=list(devices.items()), version=version)
+        problems = reg.problems(vm=vm, devices=list(devices.items()),
+                                networks=[network] if network else [], version=version)
     except sqlite3.Error as e:
         return _fail([f"property store {reg.store.path}: {e}"])
     finally:
         reg.close()
     if problems:
         return _fail(problems)
-    count = len(vm) + sum(len(p) for p in devices.values())
+    count = len(vm) + len(network) + sum(len(p) for p in devices.values())
     print(f"ok: {count} propert{'y' if count == 1 else 'ies'} valid for cluster version {version}")
     return 0

@@ -115,6 +115,17 @@ def test_check(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "check")[0] == 0
 
 
+def test_check_network_properties(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "-s", "UserDefinedNetworkCustomProperties=bridge_opts=^[a-z_=0-9 ]+$",
+        "--cver=4.0")
+    assert run(capsys, "check", "--cver=4.0", "--network-prop",
+               "bridge_opts=forward_delay=0")[0] == 0
+    rc, _out, err = run(capsys, "check", "--cver=4.0", "--network-prop", "bridge_opts=A;B",
+                        "--network-prop", "ethtool_opts=x")
+    assert rc == 1 and len(err.splitlines()) == 2
+    assert "network custom property 'bridge_opts'" in err and "'ethtool_opts'" in err
+
+
 def test_state_dir_option_after_subcommand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("HOOKVISOR_CONFIG", "/dev/null")
