@@ -22,7 +22,8 @@ class VmRegistry:
 
     def get(self, vm_id: object) -> Vm:
         with self._lock:
-            vm = self._vms.get(vm_id) if isinstance(vm_id, str) else None
+            # vmIds are kept in uuid's canonical lower case.
+            vm = self._vms.get(vm_id.lower()) if isinstance(vm_id, str) else None
         if vm is None:
             raise VdsmError(Code.NO_VM, f"no VM with vmId {vm_id!r}")
         return vm

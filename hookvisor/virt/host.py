@@ -110,6 +110,13 @@ class Host:
         self.domain_type = choose_domain_type(self.driver, domain_type)
         self.arch = platform.machine() or "x86_64"
         self._callback_id: int | None = None
+        self._conn.registerCloseCallback(self._closed, None)
+
+    @staticmethod
+    def _closed(_conn: Any, reason: int, _opaque: Any) -> None:
+        # No reconnection yet: say it loudly, the operator restarts the agent.
+        if reason != libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
+            log.error("libvirt connection lost (reason %d); restart the agent", reason)
 
     # --- events ---------------------------------------------------------------
 
@@ -127,6 +134,8 @@ class Host:
         )
 
     def close(self) -> None:
+        with contextlib.suppress(libvirt.libvirtError):
+            self._conn.unregisterCloseCallback()
         if self._callback_id is not None:
             with contextlib.suppress(libvirt.libvirtError):
                 self._conn.domainEventDeregisterAny(self._callback_id)
