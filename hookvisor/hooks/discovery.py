@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hookvisor.hooks.catalogue import EVENTS, get_event
-
-MANIFEST_SUFFIX = ".toml"
+from hookvisor.hooks.manifest import MANIFEST_SUFFIX, manifest_names
 
 
 @dataclass(frozen=True)
@@ -27,18 +26,17 @@ class Script:
     ino: int
     size: int
     mtime_ns: int
+    # Its manifest, if the directory holds one (found in the same listing, so
+    # a script without a manifest costs no extra system call).
+    manifest: Path | None = None
 
 
-def _is_candidate(entry: os.DirEntry[str]) -> os.stat_result | None:
-    # A manifest is documentation for its script, never a script, even if
-    # someone marks it executable.
-    if entry.name.startswith(".") or entry.name.endswith(MANIFEST_SUFFIX):
-        return None
+def _executable(path: str) -> os.stat_result | None:
     try:
-        st = os.stat(entry.path)  # follows symlinks: a link to a script counts
+        st = os.stat(path)  # follows symlinks: a link to a script counts
     except OSError:
         return None  # dangling symlink, vanished meanwhile
-    if not stat.S_ISREG(st.st_mode) or not os.access(entry.path, os.X_OK):
+    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
         return None
     return st
 
@@ -50,17 +48,34 @@ def list_scripts(hooks_dir: Path, event: str) -> list[Script]:
     """
     get_event(event)
     directory = os.path.join(hooks_dir, event)
-    found: list[Script] = []
+    candidates: list[tuple[str, str]] = []
+    manifests: set[str] = set()
     try:
         with os.scandir(directory) as it:
             for entry in it:
-                st = _is_candidate(entry)
-                if st is not None:
-                    found.append(
-                        Script(entry.name, Path(entry.path), st.st_ino, st.st_size, st.st_mtime_ns)
-                    )
+                name = entry.name
+                if name.startswith("."):
+                    continue
+                # A manifest documents its script and is never run, even if
+                # someone marks it executable.
+                if name.endswith(MANIFEST_SUFFIX):
+                    manifests.add(name)
+                else:
+                    candidates.append((name, entry.path))
     except (FileNotFoundError, NotADirectoryError):
         return []
+    found: list[Script] = []
+    for name, path in candidates:
+        st = _executable(path)
+        if st is None:
+            continue
+        manifest = None
+        if manifests:
+            for candidate in manifest_names(name):
+                if candidate in manifests:
+                    manifest = Path(directory, candidate)
+                    break
+        found.append(Script(name, Path(path), st.st_ino, st.st_size, st.st_mtime_ns, manifest))
     # Byte-wise, not locale or natural order: what `LC_ALL=C ls` shows.
     found.sort(key=lambda s: os.fsencode(s.name))
     return found

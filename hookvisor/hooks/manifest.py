@@ -43,12 +43,16 @@ class Manifest:
         return out
 
 
-def manifest_candidates(script: Path) -> list[Path]:
+MANIFEST_SUFFIX = ".toml"
+
+
+def manifest_names(script: str) -> list[str]:
     """`50_numa.toml` for `50_numa`; for `50_numa.py` also `50_numa.py.toml`."""
-    paths = [script.with_name(script.name + ".toml")]
-    if script.suffix:
-        paths.insert(0, script.with_name(script.stem + ".toml"))
-    return paths
+    names = [script + MANIFEST_SUFFIX]
+    stem, dot, _ = script.rpartition(".")
+    if dot and stem:
+        names.insert(0, stem + MANIFEST_SUFFIX)
+    return names
 
 
 def parse_manifest(path: Path, text: str) -> Manifest:
@@ -102,24 +106,20 @@ class ManifestCache:
     def __init__(self) -> None:
         self._cache: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
 
-    def load(self, script: Path) -> Manifest | None:
-        """The script's manifest, None if it has none; ManifestError if it is bad."""
-        for path in manifest_candidates(script):
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                continue
-            except OSError as e:
-                raise ManifestError(f"manifest {path}: cannot read: {e.strerror}") from None
-            key = (st.st_ino, st.st_size, st.st_mtime_ns)
-            hit = self._cache.get(path)
-            if hit is not None and hit[0] == key:
-                return hit[1]
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise ManifestError(f"manifest {path}: cannot read: {e}") from None
-            manifest = parse_manifest(path, text)
-            self._cache[path] = (key, manifest)
-            return manifest
-        return None
+    def load(self, path: Path) -> Manifest:
+        """The manifest at `path`; ManifestError if it is bad or unreadable."""
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise ManifestError(f"manifest {path}: cannot read: {e.strerror}") from None
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = self._cache.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ManifestError(f"manifest {path}: cannot read: {e}") from None
+        manifest = parse_manifest(path, text)
+        self._cache[path] = (key, manifest)
+        return manifest

@@ -21,7 +21,7 @@ RECORDS_FILE = "hookruns.sqlite"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     chain_id TEXT NOT NULL,
     time REAL NOT NULL,
     event TEXT NOT NULL,
@@ -108,11 +108,10 @@ class RunRecords:
                 conn.executemany(
                     f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({placeholders})", rows
                 )
-                conn.execute(
-                    "DELETE FROM runs WHERE id <= "
-                    "(SELECT id FROM runs ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                    (self.limit,),
-                )
+                # Ids only grow (the newest row is never deleted), so the
+                # newest `limit` runs are those above last id - limit.
+                last = conn.execute("SELECT max(id) FROM runs").fetchone()[0]
+                conn.execute("DELETE FROM runs WHERE id <= ?", (last - self.limit,))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

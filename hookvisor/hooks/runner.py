@@ -17,7 +17,6 @@ import os
 import select
 import signal
 import sqlite3
-import subprocess
 import tempfile
 import time
 import uuid
@@ -142,7 +141,15 @@ class ChainResult:
 
 
 def _anon_file(directory: str) -> int:
-    """A read-write file with no name: nothing to remove, whatever happens."""
+    """A read-write file with no name: nothing to remove, whatever happens.
+
+    A memfd first: no file system is involved, so creating and dropping one
+    costs no journal work (an unlinked ext4 inode does).
+    """
+    try:
+        return os.memfd_create("hook-output", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        pass
     try:
         return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     except OSError as e:
@@ -153,27 +160,29 @@ def _anon_file(directory: str) -> int:
     return fd
 
 
-def _read_capped(fd: int, cap: int) -> tuple[str, bool]:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks: list[bytes] = []
-    size = 0
-    while size <= cap:
-        chunk = os.read(fd, cap + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    data = b"".join(chunks)
+def _read_capped(fd: int, cap: int) -> tuple[str, bool, bool]:
+    """(text, cut, anything written) of a script's output file."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return "", False, False
+    data = os.pread(fd, min(size, cap + 1), 0)
     cut = len(data) > cap
-    return data[:cap].decode("utf-8", errors="replace"), cut
+    return data[:cap].decode("utf-8", errors="replace"), cut, bool(data)
 
 
 def _read_data(path: str) -> bytes | None:
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        # Sized reads: os.read(fd, n) allocates n bytes up front.
+        chunks = []
+        while chunk := os.read(fd, os.fstat(fd).st_size + 1):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _write_data(path: str, data: bytes) -> None:
@@ -207,28 +216,110 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether anything is left in the process group once its leader was reaped."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+class _Outputs:
+    """The stdout/stderr files of a chain's scripts, and /dev/null for stdin.
+
+    Reused from script to script (truncated), except after a script that left
+    something running in its group: that leftover still holds the files and
+    would write into the next script's record, so the next script gets new ones.
+    """
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.out = -1
+        self.err = -1
+        self.leftovers = False
+        self.dirty = False  # the last script wrote something: truncate first
+
+    def fresh(self) -> tuple[int, int]:
+        if self.leftovers or self.out < 0:
+            self._close_files()
+            self.out = _anon_file(self.run_dir)
+            self.err = _anon_file(self.run_dir)
+            self.leftovers = False
+        elif self.dirty:
+            for fd in (self.out, self.err):
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+        self.dirty = False
+        return self.out, self.err
+
+    def _close_files(self) -> None:
+        for fd in (self.out, self.err):
+            if fd >= 0:
+                os.close(fd)
+        self.out = self.err = -1
+
+    def close(self) -> None:
+        self._close_files()
+        os.close(self.devnull)
+
+
+def _spawn(path: str, env: dict[str, str], stdin: int, stdout: int, stderr: int) -> int:
+    """Start `path` as the leader of a new process group; its pid.
+
+    posix_spawn (glibc: clone(CLONE_VM|CLONE_VFORK)) rather than Popen: no
+    Python-side pipe and pre-exec setup per script. Inherited descriptors need no
+    closing: everything Python opens is close-on-exec (PEP 446).
+    """
+    return os.posix_spawn(
+        path,
+        [path],
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_DUP2, stdin, 0),
+            (os.POSIX_SPAWN_DUP2, stdout, 1),
+            (os.POSIX_SPAWN_DUP2, stderr, 2),
+        ],
+        setpgroup=0,
+        # Python ignores SIGPIPE (and a thread may block signals); a hook must
+        # start with the defaults a shell script expects, as Popen's
+        # restore_signals gives.
+        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM),
+        setsigmask=(),
+    )
+
+
 class _Child:
     """One script's process; waits on a pidfd so that exit wakes us at once."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.status: int | None = None
         self.pidfd: int | None
         try:
-            self.pidfd = os.pidfd_open(proc.pid)
+            self.pidfd = os.pidfd_open(pid)
         except (AttributeError, OSError):
             self.pidfd = None
 
     def wait_exit(self, timeout: float) -> bool:
         """True once the process exited (not yet reaped when a pidfd is used)."""
+        deadline = time.monotonic() + timeout
         if self.pidfd is None:
-            try:
-                self.proc.wait(timeout)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
+            delay = 0.0005
+            while self.status is None:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.status = status
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.05)
+            return True
         poller = select.poll()
         poller.register(self.pidfd, select.POLLIN)
-        deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -237,22 +328,23 @@ class _Child:
                 return True
 
     def reap(self) -> int:
-        rc = self.proc.wait()
+        """The exit code, negative for a signal (as subprocess reports it)."""
+        if self.status is None:
+            _, self.status = os.waitpid(self.pid, 0)
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
-        return rc
+        return os.waitstatus_to_exitcode(self.status)
 
     def stop(self, grace: float) -> None:
         """SIGTERM to the whole group, grace, SIGKILL to the whole group."""
-        pgid = self.proc.pid
-        _killpg(pgid, signal.SIGTERM)
+        _killpg(self.pid, signal.SIGTERM)
         self.wait_exit(grace)
         # The leader is not reaped yet, so its pgid cannot have been reused.
-        _killpg(pgid, signal.SIGKILL)
+        _killpg(self.pid, signal.SIGKILL)
 
     def kill(self) -> None:
-        _killpg(self.proc.pid, signal.SIGKILL)
+        _killpg(self.pid, signal.SIGKILL)
         self.reap()
 
 
@@ -371,14 +463,18 @@ class HookRunner:
         runs: list[ScriptRun],
     ) -> bytes:
         current = initial
-        base = validation.baseline(ev.payload, initial) if ev.modifies else None
+        # Parsed only once a script changed the data: no-op chains never parse.
+        base: validation.Baseline | None = None
+        base_ready = False
         run_dir = self._prepare_run_dir()
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        fds = _Outputs(run_dir)
         try:
             for script in scripts:
-                run, after = self._run_one(ev, script, path, current, env, props, devnull, run_dir)
+                run, after = self._run_one(ev, script, path, current, env, props, fds)
                 if after != current:
                     if ev.modifies and not run.failed:
+                        if not base_ready:
+                            base, base_ready = validation.baseline(ev.payload, initial), True
                         problem = validation.check(ev.payload, base, after)
                         if problem is not None:
                             run.outcome = "invalid-output"
@@ -395,7 +491,7 @@ class HookRunner:
                 if run.stops_chain:
                     break
         finally:
-            os.close(devnull)
+            fds.close()
         return current
 
     def _run_one(
@@ -406,8 +502,7 @@ class HookRunner:
         current: bytes,
         env: dict[str, str],
         props: set[str],
-        devnull: int,
-        run_dir: str,
+        fds: _Outputs,
     ) -> tuple[ScriptRun, bytes | None]:
         started = time.time()
         checksum = self._checksums.checksum(script)
@@ -420,53 +515,42 @@ class HookRunner:
             return run, current
 
         manifest_ignore = False
-        try:
-            manifest = self._manifests.load(script.path)
-        except ManifestError as e:
-            return result("failed", str(e), True)
+        manifest: Manifest | None = None
+        if script.manifest is not None:
+            try:
+                manifest = self._manifests.load(script.manifest)
+            except ManifestError as e:
+                return result("failed", str(e), True)
         if manifest is not None and not manifest.wants(props):
             wanted = ", ".join(manifest.when_property or ())
             return result("skipped", f"no custom property among: {wanted}", False)
         timeout = self.config.timeout_for(ev.name, script.name, manifest)
         ignored = manifest_ignore = manifest is not None and manifest.on_failure == "ignore"
 
-        out_fd = _anon_file(run_dir)
-        err_fd = -1
+        out_fd, err_fd = fds.fresh()
+        t0 = time.monotonic()
         try:
-            err_fd = _anon_file(run_dir)
-            t0 = time.monotonic()
-            try:
-                proc = subprocess.Popen(
-                    [str(script.path)],
-                    stdin=devnull,
-                    stdout=out_fd,
-                    stderr=err_fd,
-                    env=env,
-                    close_fds=True,
-                    process_group=0,
-                )
-            except OSError as e:
-                return result("failed", f"cannot execute {script.path}: {e.strerror}", True)
-            child = _Child(proc)
-            timed_out = False
-            try:
-                if not child.wait_exit(timeout):
-                    timed_out = True
-                    child.stop(self.config.grace)
-                elif self.config.kill_leftovers:
-                    _killpg(proc.pid, signal.SIGKILL)
-                rc = child.reap()
-            except BaseException:
-                # Interrupted (KeyboardInterrupt, SystemExit): take the script with us.
-                child.kill()
-                raise
-            duration = time.monotonic() - t0
-            stdout, out_cut = _read_capped(out_fd, self.config.output_cap)
-            stderr, err_cut = _read_capped(err_fd, self.config.output_cap)
-        finally:
-            os.close(out_fd)
-            if err_fd >= 0:
-                os.close(err_fd)
+            pid = _spawn(str(script.path), env, fds.devnull, out_fd, err_fd)
+        except OSError as e:
+            return result("failed", f"cannot execute {script.path}: {e.strerror}", True)
+        child = _Child(pid)
+        timed_out = False
+        try:
+            if not child.wait_exit(timeout):
+                timed_out = True
+                child.stop(self.config.grace)
+            elif self.config.kill_leftovers:
+                _killpg(pid, signal.SIGKILL)
+            rc = child.reap()
+            fds.leftovers = _group_alive(pid)
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, SystemExit): take the script with us.
+            child.kill()
+            raise
+        duration = time.monotonic() - t0
+        stdout, out_cut, out_used = _read_capped(out_fd, self.config.output_cap)
+        stderr, err_cut, err_used = _read_capped(err_fd, self.config.output_cap)
+        fds.dirty = out_used or err_used
 
         after = _read_data(path)
         message = ""
@@ -494,7 +578,7 @@ class HookRunner:
             stdout, stderr, out_cut, err_cut,
             diff=_diff(current, after, script.name) if after != current else "",
             message=message, ignored=ignored,
-            stops_chain=stops, pgid=proc.pid,
+            stops_chain=stops, pgid=pid,
         )
         return run, after
 

@@ -1,0 +1,152 @@
+"""Benchmark: the hook engine against a bare loop of subprocess.run.
+
+Part 1: an event with 10 no-op `#!/bin/sh` hooks, run many times; the engine
+(records on, validation on: before_vm_start modifies) and a bare loop over the
+same scripts with the same environment and data file, interleaved round by
+round in one process so that drift (CPU frequency, page cache) hits both alike.
+
+Part 2: 10 Python hooks that `import hooking`, read and write the domain XML of
+a VM with 100 devices; prints ms per hook.
+
+Last line: runner_overhead_ratio=X.XX (median engine chain / median bare chain).
+Usage: .venv/bin/python bench/hook_runner.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hookvisor.hooks.records import RunRecords
+from hookvisor.hooks.runner import HookRunner, RunnerConfig
+
+EVENT = "before_vm_start"
+UUID = "6f1c9a4e-2d0b-4c55-9d1e-0a8f3b7c5e21"
+
+
+def domain_xml(devices: int) -> str:
+    disks = "".join(
+        f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source file='/var/lib/images/disk{i}.img'/>"
+        f"<target dev='vd{i}' bus='virtio'/></disk>\n"
+        if i % 2 == 0
+        else f"<interface type='bridge'><mac address='52:54:00:00:{i // 256:02x}:{i % 256:02x}'/>"
+        f"<source bridge='br0'/><model type='virtio'/></interface>\n"
+        for i in range(devices)
+    )
+    return (
+        f"<domain type='kvm'><name>bench</name><uuid>{UUID}</uuid>"
+        f"<memory unit='MiB'>1024</memory><vcpu>2</vcpu>"
+        f"<os><type arch='x86_64' machine='q35'>hvm</type></os>\n"
+        f"<devices>\n{disks}</devices></domain>\n"
+    )
+
+
+def make_hooks(root: Path, body: str, count: int = 10) -> Path:
+    directory = root / EVENT
+    directory.mkdir(parents=True)
+    for i in range(count):
+        script = directory / f"{i:02d}_hook"
+        script.write_text(body)
+        script.chmod(0o755)
+    return root
+
+
+def bare_chain(scripts: list[str], data: str, run_dir: str) -> None:
+    """What any runner must do at least: a data file, an environment, one run each."""
+    fd, path = tempfile.mkstemp(dir=run_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        env = dict(os.environ, vmId=UUID, _hook_domxml=path)
+        for script in scripts:
+            subprocess.run([script], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
+    finally:
+        os.unlink(path)
+
+
+def timed(fn: object) -> float:
+    t0 = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--py-rounds", type=int, default=10)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="hookbench-"))
+    try:
+        run_dir = work / "run"
+        run_dir.mkdir()
+        records = RunRecords(work / "state" / "hookruns.sqlite")
+        data = domain_xml(100)
+
+        hooks = make_hooks(work / "sh", "#!/bin/sh\nexit 0\n")
+        runner = HookRunner(RunnerConfig(hooks, run_dir), records=records)
+        scripts = [str(p) for p in sorted((hooks / EVENT).iterdir())]
+
+        def engine() -> None:
+            result = runner.run(EVENT, data, vm_id=UUID)
+            assert result.ok and len(result.runs) == 10, result.message()
+
+        def bare() -> None:
+            bare_chain(scripts, data, str(run_dir))
+
+        for _ in range(10):  # warm up both: page cache, checksum cache, SQLite
+            engine()
+            bare()
+        engine_t: list[float] = []
+        bare_t: list[float] = []
+        for i in range(args.rounds):
+            # Alternate which goes first, so neither always follows the other.
+            if i % 2:
+                engine_t.append(timed(engine))
+                bare_t.append(timed(bare))
+            else:
+                bare_t.append(timed(bare))
+                engine_t.append(timed(engine))
+        e_med, b_med = statistics.median(engine_t), statistics.median(bare_t)
+        print(f"sh no-op hooks x10, {args.rounds} interleaved rounds:")
+        print(f"  engine chain     median {e_med * 1000:7.2f} ms  ({e_med * 100:.3f} ms/hook)")
+        print(f"  bare loop chain  median {b_med * 1000:7.2f} ms  ({b_med * 100:.3f} ms/hook)")
+        print(f"  records kept: {records.count()}")
+
+        py_body = (
+            f"#!{sys.executable}\n"
+            "import hooking\n"
+            "doc = hooking.read_domxml()\n"
+            "doc.getElementsByTagName('domain')[0].setAttribute('bench', '1')\n"
+            "hooking.write_domxml(doc)\n"
+        )
+        py_hooks = make_hooks(work / "py", py_body)
+        py_runner = HookRunner(RunnerConfig(py_hooks, run_dir), records=records)
+        per_hook: list[float] = []
+        for _ in range(args.py_rounds):
+            t0 = time.perf_counter()
+            result = py_runner.run(EVENT, data, vm_id=UUID)
+            elapsed = time.perf_counter() - t0
+            assert result.ok and len(result.runs) == 10, result.message()
+            per_hook.append(elapsed / 10)
+        py_med = statistics.median(per_hook)
+        print(f"python hooks x10 (import hooking, read+write 100-device domain XML), "
+              f"{args.py_rounds} rounds:")
+        print(f"  python_hook_ms={py_med * 1000:.1f}")
+        records.close()
+        print(f"runner_overhead_ratio={e_med / b_med:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
