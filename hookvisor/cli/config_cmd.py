@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             help="define custom properties (engine-config syntax) and check values",
             description="Custom-property definitions per cluster version, engine-config style. "
             f"Keys: {', '.join(KEYS)}.",
+            usage="%(prog)s (-s KEY=VALUE --cver VERSION | -g KEY [--cver VERSION] | -l | -a)\n"
+            "       %(prog)s check [--cver VERSION] [--vm-prop NAME=VALUE]... "
+            "[--device-prop TYPE:NAME=VALUE]...",
         )
     finally:
         subparsers._parser_class = saved
@@ -65,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_global_options(parser)
     parser.set_defaults(func=run_config, config_action=None)
 
-    sub = parser.add_subparsers(dest="config_action", metavar="check")
+    # prog: else the custom usage above would become the prefix of check's name.
+    sub = parser.add_subparsers(dest="config_action", metavar="check", prog=parser.prog)
     check = sub.add_parser(
         "check", help="check property values against the definitions",
         description="Exit 0 if every value is defined and matches, 1 with every problem.",
