@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import reprlib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -115,7 +116,17 @@ def _compile_defs(
             problems.append(f"{where}: property {d.name!r}: {reason}")
             continue
         try:
-            pattern = re.compile(d.regex, re.ASCII)
+            with warnings.catch_warnings():
+                # re warns (FutureWarning) of a regex whose meaning may change:
+                # `[[`, `&&`, `--`, `||` in a set. That is also Java's set
+                # intersection syntax, which Python would read differently;
+                # refuse rather than check values against something else.
+                warnings.simplefilter("error", FutureWarning)
+                pattern = re.compile(d.regex, re.ASCII)
+        except FutureWarning as e:
+            problems.append(f"{where}: property {d.name!r}: regex {shorten(d.regex)} "
+                            f"is ambiguous in Python's re ({e}); escape the character")
+            continue
         # Anything compile raises (re.error, OverflowError for huge repeat
         # counts, RecursionError for deep nesting) means the same thing.
         except Exception as e:

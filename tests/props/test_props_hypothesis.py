@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -71,7 +70,6 @@ def test_format_of_parse_is_identity_on_text(text: str) -> None:
         assert format_devices(groups_) == text
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning")
 @given(st.sampled_from([VM_KEY, DEVICE_KEY, "UserDefinedNetworkCustomProperties"]), arbitrary)
 def test_definition_check_never_raises_otherwise(key: str, text: str) -> None:
     try:
@@ -94,8 +92,6 @@ props = st.dictionaries(st.one_of(st.text(max_size=12), env_names, st.integers()
                         max_size=5)
 
 
-# Random regexes such as "[[" make re warn of a future meaning change; not our concern here.
-@pytest.mark.filterwarnings("ignore::FutureWarning")
 @given(st.lists(st.builds(PropertyDef, env_names, regexes), max_size=4), props)
 @settings(max_examples=300)
 def test_value_check_never_raises(ds: list[PropertyDef], candidate: dict[object, object]) -> None:
@@ -107,7 +103,6 @@ def test_value_check_never_raises(ds: list[PropertyDef], candidate: dict[object,
     assert all(isinstance(p, str) and "\n" not in p for p in problems)
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning")
 @given(arbitrary, props, st.text(max_size=8), props)
 @settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -100,6 +100,9 @@ def test_unknown_key_refused(reg: PropertyRegistry) -> None:
     (NETWORK_KEY, "IFS=^.*$", ["'IFS'", "reserved"]),
     (VM_KEY, "a=^(x)\\2$", ["'a'", "does not compile"]),
     (VM_KEY, "a=x{99999999999}", ["'a'", "does not compile"]),
+    # Java's class intersection: Python would read it as something else.
+    (VM_KEY, "a=^[a-z&&[^e]]+$", ["'a'", "ambiguous in Python's re"]),
+    (VM_KEY, "a=^[[]$", ["'a'", "ambiguous in Python's re"]),
 ])
 def test_definition_refusals_name_property_and_reason_and_keep_old_value(
     seeded: PropertyRegistry, key: str, value: str, fragments: list[str]
