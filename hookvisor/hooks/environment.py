@@ -8,7 +8,6 @@ a VM owner choose PATH, LD_PRELOAD or the data file of a hook.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,8 +15,6 @@ from pathlib import Path
 
 from hookvisor.hooks.catalogue import Event
 from hookvisor.names import RESERVED_PREFIXES, reserved_reason
-
-log = logging.getLogger(__name__)
 
 HELPERS_DIR = Path(__file__).resolve().parent / "helpers"
 LAUNCHFLAGS_VAR = "_hook_launchflags_dir"
@@ -83,6 +80,4 @@ def build_environment(
         env[LAUNCHFLAGS_VAR] = launchflags_dir
     old = base_env.get("PYTHONPATH", "") if not event.clean_env else ""
     env["PYTHONPATH"] = os.pathsep.join(p for p in (old, str(HELPERS_DIR)) if p)
-    for line in refused:
-        log.warning("%s: %s", event.name, line)
     return Environment(env, refused)

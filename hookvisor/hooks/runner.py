@@ -479,7 +479,7 @@ class HookRunner:
                         if problem is not None:
                             run.outcome = "invalid-output"
                             run.stops_chain = True
-                            run.message = f"{script.name} {problem}; its edits were discarded"
+                            run.message = f"{problem}; its edits were discarded"
                     if run.failed or after is None:
                         # The next script sees the data as it was before this one.
                         _write_data(path, current)
