@@ -92,7 +92,10 @@ class HookCalls:
     def run_json(self, event: str, obj: Any, vm: Vm | None = None,
                  vm_id: str | None = None) -> Any:
         """Run a JSON event; the hooks' final JSON, or `obj` if they left none that parses."""
-        text = self.run(event, json.dumps(obj), vm=vm, vm_id=vm_id)
+        sent = json.dumps(obj)
+        text = self.run(event, sent, vm=vm, vm_id=vm_id)
+        if text == sent:
+            return obj  # no hook, or none changed it: skip the parse
         try:
             return json.loads(text)
         except ValueError:

@@ -72,9 +72,10 @@ def _initial(ctx: Context, req: CreateRequest) -> tuple[str, dict[str, dict[str,
         assert req.xml is not None
         return req.xml, dict(req.xml_device_props)
     xml = dx.build(req.spec, ctx.host.domain_type, ctx.host.arch)
-    refs = dx.devices(xml)
-    device_props = {}
-    for ref, dev in zip(refs, req.spec.devices, strict=True):
+    device_props: dict[str, dict[str, str]] = {}
+    if not any(dev.custom for dev in req.spec.devices):
+        return xml, device_props
+    for ref, dev in zip(dx.devices(xml), req.spec.devices, strict=True):
         if dev.custom and ref.key is not None:
             device_props[ref.key] = dict(dev.custom)
     return xml, device_props
@@ -89,8 +90,12 @@ def _check_props(ctx: Context, req: CreateRequest,
         raise VdsmError(Code.CREATE_ERR, f"bad custom properties: {e}") from None
 
 
-def _device_hooks(ctx: Context, vm: Vm, xml: str) -> str:
-    """before_device_create per device with custom props; each result replaces its device."""
+def _device_hooks(ctx: Context, vm: Vm, xml: str) -> tuple[str, bool]:
+    """before_device_create per device with custom props; each result replaces its device.
+
+    Also says whether a hook changed a device's identity (its props were re-keyed).
+    """
+    rekeyed = False
     for ref, props in custom_devices(vm, xml):
         new = ctx.hooks.run("before_device_create", ref.xml, vm, props)
         if new == ref.xml:
@@ -103,12 +108,17 @@ def _device_hooks(ctx: Context, vm: Vm, xml: str) -> str:
         if ref.key is not None and new_key is not None and new_key != ref.key:
             # A hook changed the device's identity (MAC, target): follow it.
             vm.device_props[new_key] = vm.device_props.pop(ref.key)
-    return xml
+            rekeyed = True
+    return xml, rekeyed
 
 
 def _vm_start_hooks(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, bool]:
     """before_vm_start, with the launch flags a hook may change (start paused)."""
-    launchflags.write_flags(ctx.run_dir, vm.vm_id, launchflags.START_PAUSED if paused else 0)
+    # No file means no flags: only a paused start needs one written (saves I/O per create).
+    if paused:
+        launchflags.write_flags(ctx.run_dir, vm.vm_id, launchflags.START_PAUSED)
+    else:
+        launchflags.clear_flags(ctx.run_dir, vm.vm_id)  # one a killed agent left
     try:
         xml = ctx.hooks.run("before_vm_start", xml, vm)
         flags = launchflags.read_flags(ctx.run_dir, vm.vm_id)
@@ -119,13 +129,15 @@ def _vm_start_hooks(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, 
 
 def _start(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, bool]:
     xml = dx.set_metadata(xml, metadata_of(vm))
-    xml = _device_hooks(ctx, vm, xml)
-    xml, paused = _vm_start_hooks(ctx, vm, xml, paused)
-    try:
-        # Ours again, whatever a hook did to it (and with re-keyed devices).
-        xml = dx.set_metadata(xml, metadata_of(vm))
-    except dx.DomainXmlError as e:
-        raise VdsmError(Code.CREATE_ERR, f"domain XML after hooks: {e}") from None
+    xml, rekeyed = _device_hooks(ctx, vm, xml)
+    hooked, paused = _vm_start_hooks(ctx, vm, xml, paused)
+    if hooked != xml or rekeyed:
+        try:
+            # Ours again, whatever a hook did to it (and with re-keyed devices).
+            hooked = dx.set_metadata(hooked, metadata_of(vm))
+        except dx.DomainXmlError as e:
+            raise VdsmError(Code.CREATE_ERR, f"domain XML after hooks: {e}") from None
+    xml = hooked
     try:
         return ctx.host.start(xml, paused), paused
     except HostError as e:

@@ -56,12 +56,22 @@ def status(code: Code, message: str) -> dict[str, Any]:
 
 def xmlrpc_safe(value: Any) -> Any:
     """XML-RPC ints are 32-bit and struct keys strings: larger numbers travel as strings."""
-    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+    # Exact type checks: this walks every stats reply, and isinstance chains cost.
+    kind = type(value)
+    if kind is str or kind is bool or kind is float or value is None:
+        return value
+    if kind is int:
+        return value if _INT_MIN <= value <= _INT_MAX else str(value)
+    if kind is dict:
+        return {k if type(k) is str else str(k): xmlrpc_safe(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [xmlrpc_safe(v) for v in value]
+    if isinstance(value, bool | str | float):
         return value
     if isinstance(value, int):
-        return value if _INT_MIN <= value <= _INT_MAX else str(value)
+        return xmlrpc_safe(int(value))
     if isinstance(value, dict):
-        return {str(k): xmlrpc_safe(v) for k, v in value.items()}
+        return xmlrpc_safe(dict(value))
     if isinstance(value, list | tuple):
         return [xmlrpc_safe(v) for v in value]
     return str(value)

@@ -61,3 +61,4 @@ def test_xml_mode() -> None:
         "<name>", f"<uuid>{other}</uuid><name>")})
     assert "vmId" in problems({"xml": xml})
     assert "<name>" in problems({"vmId": VM_ID, "xml": "<domain type='kvm'/>"})
+
