@@ -23,21 +23,16 @@ from hookvisor.agent.registry import VmRegistry
 from hookvisor.agent.vm import DOWN, PAUSED, UP, Vm, status_from_libvirt
 from hookvisor.errors import Code, VdsmError
 from hookvisor.hooks.records import RunRecords
-from hookvisor.virt.host import EVENT_RESUMED, EVENT_STOPPED, EVENT_SUSPENDED, Host, HostError
+from hookvisor.virt.host import (
+    EVENT_RESUMED,
+    EVENT_STOPPED,
+    EVENT_SUSPENDED,
+    Host,
+    HostError,
+    stop_reason,
+)
 
 log = logging.getLogger("hookvisor.agent")
-
-# libvirt's STOPPED details, as the exit message a client reads.
-_STOP_REASONS = {
-    0: "guest shut down",
-    1: "destroyed outside the agent",
-    2: "crashed",
-    3: "migrated away",
-    4: "saved",
-    5: "failed",
-    6: "stopped after a snapshot",
-}
-
 
 class Agent:
     def __init__(
@@ -175,9 +170,9 @@ class Agent:
 
     def _died(self, vm: Vm, event: int, detail: int) -> None:
         """The VM stopped without the agent: Down, after_ destroy hooks once, kept listed."""
+        reason, abnormal = stop_reason(event, detail)
         vm.status = DOWN
-        vm.exit_code = 1 if detail == 2 or detail == 5 else 0
-        reason = _STOP_REASONS.get(detail, "stopped") if event == EVENT_STOPPED else "stopped"
+        vm.exit_code = 1 if abnormal else 0
         vm.exit_message = reason
         log.warning("VM %s (%s) is Down: %s", vm.vm_id, vm.name, reason)
         lifecycle.after_destroy(self.ctx, vm, vm.xml)

@@ -26,6 +26,24 @@ EVENT_RESUMED = libvirt.VIR_DOMAIN_EVENT_RESUMED
 
 LifecycleCallback = Callable[[str, int, int], None]
 
+# STOPPED event details as a client reads them, and whether each is a failure.
+_STOP_DETAILS = {
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: ("guest shut down", False),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: ("destroyed outside the agent", False),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: ("crashed", True),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED: ("migrated away", False),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED: ("saved", False),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: ("failed", True),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT: ("stopped after a snapshot", False),
+}
+
+
+def stop_reason(event: int, detail: int) -> tuple[str, bool]:
+    """(exit message, abnormal) for the lifecycle event that ended a domain."""
+    if event != EVENT_STOPPED:
+        return "stopped", False
+    return _STOP_DETAILS.get(detail, ("stopped", False))
+
 _loop_lock = threading.Lock()
 _loop_started = False
 
