@@ -8,6 +8,14 @@ from typing import Any
 from hookvisor.config import Settings, load_settings
 
 
+class UsageError(Exception):
+    """Bad arguments found after parsing; exits 2 with the message.
+
+    Defined here, not in main.py, so that `python -m hookvisor.cli.main` (which
+    loads main.py a second time as __main__) still catches the same class.
+    """
+
+
 def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
     """Settings from --config, the environment, --state-dir and the given flags."""
     merged = {"state_dir": getattr(args, "state_dir", None), **overrides}
@@ -16,8 +24,6 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 def parse_assignment(text: str, what: str) -> tuple[str, str]:
     """'NAME=VALUE' -> (NAME, VALUE); raises UsageError naming the option."""
-    from hookvisor.cli.main import UsageError
-
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise UsageError(f"{what}: expected NAME=VALUE, got {text!r}")

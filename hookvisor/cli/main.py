@@ -13,14 +13,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hookvisor.cli.common import UsageError
 from hookvisor.config import ConfigError
 
 # Command groups, each in hookvisor/cli/<module>.py.
 COMMAND_MODULES = ("hooks_cmd", "config_cmd", "vm_cmd", "serve_cmd")
 
 
-class UsageError(Exception):
-    """Bad arguments found after parsing; exits 2 with the message."""
+__all__ = ["UsageError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

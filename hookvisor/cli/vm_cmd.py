@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hookvisor.cli.common import parse_assignment
+from hookvisor.cli.common import UsageError, parse_assignment
 from hookvisor.errors import CODE_NAMES, Code
 
 DEFAULT_AGENT = "127.0.0.1:54321"
@@ -55,8 +55,6 @@ def call(agent: str, verb: str, *params: Any) -> dict[str, Any]:
 
 def parse_nic(text: str) -> dict[str, Any]:
     """'NETWORK[,mac=..,model=..,PROP=VALUE...]' -> a VDSM interface device."""
-    from hookvisor.cli.main import UsageError
-
     network, *options = text.split(",")
     if not network:
         raise UsageError(f"--nic: a network (bridge) name comes first, got {text!r}")
