@@ -366,3 +366,43 @@ def test_xml_param_used_as_given(dirs: Any, inproc_agent: Any) -> None:
         assert code(agent.api.destroy(vm_id)) == 0
     bad = agent.api.create({"xml": "<domain"})
     assert code(bad) == 9 and "xml" in bad["status"]["message"]
+
+
+def test_pause_and_resume_outside_the_agent_update_the_status(inproc_agent: Any) -> None:
+    agent = inproc_agent()
+    p = params("outside")
+    assert code(agent.api.create(p)) == 0
+    conn = libvirt.open(TEST_URI)
+    try:
+        dom = conn.lookupByUUIDString(p["vmId"])
+        dom.suspend()
+        wait_for(lambda: agent.api.list()["vmList"][0]["status"] == "Paused")
+        dom.resume()
+        wait_for(lambda: agent.api.list()["vmList"][0]["status"] == "Up")
+    finally:
+        conn.close()
+    assert code(agent.api.destroy(p["vmId"])) == 0
+
+
+def test_restarted_agent_adopts_running_vms(props: Any, inproc_agent: Any) -> None:
+    dirs = props
+    dirs.hook("after_vm_start", "50_log", f'echo "$vmId" >> {dirs.root}/started.log\n')
+    # test:///default lives while a connection is open: keep one across the restart.
+    keep = libvirt.open(TEST_URI)
+    try:
+        first = inproc_agent()
+        p = params("adopt", {"mark": "kept"}, devices=[nic(MAC0, {"speed": "5"})])
+        assert code(first.api.create(p)) == 0
+        q = params("adoptp", launchPaused=True)
+        assert code(first.api.create(q)) == 0
+        first.stop()
+        second = inproc_agent()
+        vms = {v["vmId"]: v for v in second.api.list(True)["vmList"]}
+        assert vms[p["vmId"]]["status"] == "Up" and vms[q["vmId"]]["status"] == "Paused"
+        assert vms[p["vmId"]]["custom"] == {"mark": "kept"}
+        assert vms[p["vmId"]]["devices"][0]["custom"] == {"speed": "5"}
+        assert len((dirs.root / "started.log").read_text().split()) == 2
+        assert code(second.api.destroy(p["vmId"])) == 0
+        assert code(second.api.destroy(q["vmId"])) == 0
+    finally:
+        keep.close()
