@@ -1,0 +1,286 @@
+"""What the agent adds beyond libvirt and the protocol.
+
+Side by side in one run, on test:///default:
+  (a) direct libvirt-python calls,
+  (b) a bare threaded XML-RPC server that answers with canned replies of the
+      same shape and size as the agent's (captured from the agent itself),
+  (c) the agent (`hookvisor serve`, no hooks installed) through XML-RPC.
+For create+destroy of N VMs and for getAllVmStats over M VMs the figure is
+c / (a + b): 1.0 means the agent costs exactly libvirt plus the protocol.
+Rounds alternate a, b, c so that drift of the machine hits all three alike.
+
+On qemu:///system (when reachable), one real diskless guest start+destroy
+through the agent over the same with direct libvirt.
+
+The last line is the worst ratio: `api_overhead_ratio=X.XX`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import xmlrpc.client
+from collections.abc import Callable
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
+
+import libvirt
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(port: int, proc: subprocess.Popen[bytes], verb: str = "getVdsStats") -> None:
+    proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/", allow_none=True)
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            reply = getattr(proxy, verb)()
+            if reply.get("status", {}).get("code") == 0:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("server did not come up")
+
+
+def domain_xml(name: str, vm_id: str, dom_type: str) -> str:
+    return (f"<domain type='{dom_type}'><name>{name}</name><uuid>{vm_id}</uuid>"
+            "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+            "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices/></domain>")
+
+
+def create_params(i: int, vm_id: str) -> dict[str, Any]:
+    return {"vmId": vm_id, "vmName": f"bench-{i}", "memSize": 64, "smp": 1, "devices": []}
+
+
+# -- (b) the bare server ------------------------------------------------------
+
+class _ThreadedServer(ThreadingMixIn, SimpleXMLRPCServer):
+    daemon_threads = True
+
+
+class _QuietHandler(SimpleXMLRPCRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve_bare(port: int, canned_file: str) -> None:
+    """Answers each verb with the agent's own reply, so payloads match in size."""
+    canned: dict[str, Any] = xmlrpc.client.loads(Path(canned_file).read_text())[0][0]
+    server = _ThreadedServer(("127.0.0.1", port), requestHandler=_QuietHandler,
+                             allow_none=True, logRequests=False)
+    for verb, reply in canned.items():
+        server.register_function((lambda r: lambda *a: r)(reply), verb)
+    server.serve_forever()
+
+
+# -- runs -------------------------------------------------------------------
+
+def timed(func: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start
+
+
+class Agent:
+    def __init__(self, uri: str) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="hv-bench-"))
+        (self.tmp / "hooks").mkdir()
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "hookvisor.cli.main", "serve", "--libvirt-uri", uri,
+             "--listen", f"127.0.0.1:{self.port}", "--hooks-dir", str(self.tmp / "hooks"),
+             "--state-dir", str(self.tmp / "state"), "--run-dir", str(self.tmp / "run")],
+            stdout=subprocess.DEVNULL, stderr=open(self.tmp / "agent.log", "wb"),  # noqa: SIM115
+            cwd=ROOT,
+            # Settings come from the flags alone, not from a developer's environment.
+            env={k: v for k, v in os.environ.items() if not k.startswith("HOOKVISOR_")},
+        )
+        wait_for(self.port, self.proc)
+        self.proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{self.port}/", allow_none=True)
+
+    def call(self, verb: str, *args: Any) -> dict[str, Any]:
+        reply: dict[str, Any] = getattr(self.proxy, verb)(*args)
+        if reply["status"]["code"] != 0:
+            raise SystemExit(f"agent {verb} failed: {reply['status']}")
+        return reply
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Bare:
+    def __init__(self, canned: dict[str, Any]) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="hv-bench-bare-"))
+        path = self.tmp / "canned.xml"
+        path.write_text(xmlrpc.client.dumps((canned,), allow_none=True))
+        self.port = free_port()
+        self.proc = subprocess.Popen([PYTHON, __file__, "--bare-server", str(self.port),
+                                      str(path)], cwd=ROOT)
+        wait_for(self.port, self.proc)
+        self.proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{self.port}/", allow_none=True)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def bench_test_driver(n_create: int, n_stats: int, rounds: int) -> list[float]:
+    conn = libvirt.open("test:///default")
+    agent = Agent("test:///default")
+    try:
+        # Capture the agent's replies, to make the bare server's payloads alike.
+        vm_id = str(uuid.uuid4())
+        create_reply = agent.call("create", create_params(0, vm_id))
+        destroy_reply = agent.call("destroy", vm_id)
+        # Populate M VMs in the agent and in direct libvirt for the stats figure.
+        stats_ids = [str(uuid.uuid4()) for _ in range(n_stats)]
+        for i, v in enumerate(stats_ids):
+            agent.call("create", create_params(100_000 + i, v))
+        stats_reply = agent.call("getAllVmStats")
+        direct_doms = [conn.createXML(domain_xml(f"bench-stats-{i}", v, "test"))
+                       for i, v in enumerate(stats_ids)]
+        bare = Bare({"create": create_reply, "destroy": destroy_reply,
+                     "getAllVmStats": stats_reply, "getVdsStats": {"status": {"code": 0}}})
+        try:
+            results: dict[str, list[float]] = {k: [] for k in
+                                               ("ca", "cb", "cc", "sa", "sb", "sc")}
+
+            def direct_create() -> None:
+                for i in range(n_create):
+                    v = str(uuid.uuid4())
+                    conn.createXML(domain_xml(f"bench-d-{i}", v, "test")).destroy()
+
+            def bare_create() -> None:
+                for i in range(n_create):
+                    v = str(uuid.uuid4())
+                    bare.proxy.create(create_params(i, v))
+                    bare.proxy.destroy(v)
+
+            def agent_create() -> None:
+                for i in range(n_create):
+                    v = str(uuid.uuid4())
+                    agent.call("create", create_params(i, v))
+                    agent.call("destroy", v)
+
+            def direct_stats() -> None:
+                conn.getAllDomainStats()
+
+            def bare_stats() -> None:
+                bare.proxy.getAllVmStats()
+
+            def agent_stats() -> None:
+                agent.call("getAllVmStats")
+
+            for _ in range(rounds):
+                results["ca"].append(timed(direct_create))
+                results["cb"].append(timed(bare_create))
+                results["cc"].append(timed(agent_create))
+                for _ in range(5):
+                    results["sa"].append(timed(direct_stats))
+                    results["sb"].append(timed(bare_stats))
+                    results["sc"].append(timed(agent_stats))
+        finally:
+            bare.close()
+        for d in direct_doms:
+            d.destroy()
+    finally:
+        agent.close()
+        conn.close()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    create_ratio = med["cc"] / (med["ca"] + med["cb"])
+    stats_ratio = med["sc"] / (med["sa"] + med["sb"])
+    print(f"create+destroy x{n_create}: libvirt {med['ca']*1000:.1f} ms, "
+          f"bare xmlrpc {med['cb']*1000:.1f} ms, agent {med['cc']*1000:.1f} ms "
+          f"-> ratio {create_ratio:.2f}")
+    print(f"getAllVmStats over {n_stats} VMs: libvirt {med['sa']*1000:.1f} ms, "
+          f"bare xmlrpc {med['sb']*1000:.1f} ms, agent {med['sc']*1000:.1f} ms "
+          f"-> ratio {stats_ratio:.2f}")
+    return [create_ratio, stats_ratio]
+
+
+def qemu_reachable() -> bool:
+    try:
+        libvirt.open("qemu:///system").close()
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def bench_qemu(rounds: int) -> list[float]:
+    conn = libvirt.open("qemu:///system")
+    agent = Agent("qemu:///system")
+    dom_type = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
+    direct: list[float] = []
+    through: list[float] = []
+    try:
+        for i in range(rounds):
+            v = str(uuid.uuid4())
+            xml = domain_xml(f"hvbench-direct-{i}", v, dom_type)
+            start = time.perf_counter()
+            dom = conn.createXML(xml)
+            direct.append(time.perf_counter() - start)
+            dom.destroy()
+            v = str(uuid.uuid4())
+            start = time.perf_counter()
+            agent.call("create", {**create_params(i, v), "vmName": f"hvbench-agent-{i}"})
+            through.append(time.perf_counter() - start)
+            agent.call("destroy", v)
+    finally:
+        agent.close()
+        conn.close()
+    ratio = statistics.median(through) / statistics.median(direct)
+    print(f"qemu:///system guest start: libvirt {statistics.median(direct)*1000:.0f} ms, "
+          f"agent {statistics.median(through)*1000:.0f} ms -> ratio {ratio:.2f}")
+    return [ratio]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bare-server", nargs=2, metavar=("PORT", "CANNED"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--create", type=int, default=200, help="VMs created+destroyed")
+    parser.add_argument("--stats-vms", type=int, default=1000, help="VMs for getAllVmStats")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--qemu-rounds", type=int, default=5)
+    args = parser.parse_args()
+    if args.bare_server:
+        serve_bare(int(args.bare_server[0]), args.bare_server[1])
+        return
+    ratios = bench_test_driver(args.create, args.stats_vms, args.rounds)
+    if qemu_reachable():
+        ratios += bench_qemu(args.qemu_rounds)
+    else:
+        print("qemu:///system not reachable: real-guest figure not measured")
+    print(f"api_overhead_ratio={max(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()
