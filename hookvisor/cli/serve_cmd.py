@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from hookvisor.cli.common import add_global_options, settings_from_args
-from hookvisor.config import ConfigError, Settings
+from hookvisor.cli.common import UsageError, add_global_options, settings_from_args
+from hookvisor.config import Settings
 
 log = logging.getLogger("hookvisor.serve")
 
@@ -52,15 +52,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.event_timeout:
         timeouts = {}
         for item in args.event_timeout:
-            # ConfigError, not UsageError: under `python -m hookvisor.cli.main` the latter
-            # is a different class from the one main() catches.
             name, sep, value = item.partition("=")
             try:
                 if not sep or not name:
                     raise ValueError
                 timeouts[name] = float(value)
             except ValueError:
-                raise ConfigError(f"--event-timeout {item!r}: expected EVENT=SECONDS") from None
+                raise UsageError(f"--event-timeout {item!r}: expected EVENT=SECONDS") from None
     return settings_from_args(
         args,
         libvirt_uri=args.libvirt_uri,
