@@ -225,6 +225,36 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _group_has_live_member(pgid: int) -> bool:
+    """Like _group_alive, but zombies do not count: they are dead, only not yet
+    reaped by init (which, in some containers, reaps only now and then)."""
+    if not _group_alive(pgid):
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _wait_group_gone(pgid: int, bound: float) -> None:
+    deadline = time.monotonic() + bound
+    delay = 0.0005
+    while _group_has_live_member(pgid) and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
 class _Outputs:
     """The stdout/stderr files of a chain's scripts, and /dev/null for stdin.
 
@@ -542,6 +572,9 @@ class HookRunner:
             elif self.config.kill_leftovers:
                 _killpg(pid, signal.SIGKILL)
             rc = child.reap()
+            if timed_out or self.config.kill_leftovers:
+                # SIGKILL is delivered asynchronously: return once the group is gone.
+                _wait_group_gone(pid, max(self.config.grace, 1.0))
             fds.leftovers = _group_alive(pid)
         except BaseException:
             # Interrupted (KeyboardInterrupt, SystemExit): take the script with us.
