@@ -158,8 +158,9 @@ def create(ctx: Context, params: Any) -> dict[str, Any]:
     _check_props(ctx, req, device_props)
     vm = Vm(req.vm_id, req.name, req.params, dict(req.vm_props), device_props,
             started_at=time.time())
-    ctx.registry.add(vm)
+    # Locked before it is listed: a destroy racing this create waits for it to finish.
     with vm.lock:
+        ctx.registry.add(vm)
         try:
             live, paused = _start(ctx, vm, xml, req.launch_paused)
         except BaseException:
