@@ -120,3 +120,22 @@ def test_different_vms_run_in_parallel_one_vm_serialised(dirs: Any,
     for vm_id in ids[1:]:
         assert api.destroy(vm_id)["status"]["code"] == 0
     assert api.list()["vmList"] == []
+
+
+def test_destroy_during_create_waits_then_destroys(dirs: Any, inproc_agent: Any) -> None:
+    dirs.hook("before_vm_start", "50_slow", "sleep 0.6\n")
+    agent = inproc_agent()
+    p = {"vmId": str(uuid.uuid4()), "vmName": "hvtest-race", "memSize": 64}
+    with ThreadPoolExecutor(2) as pool:
+        created = pool.submit(xmlrpc.client.ServerProxy(agent.url, allow_none=True).create, p)
+        time.sleep(0.2)  # the create is in its hook now
+        destroyed = pool.submit(
+            xmlrpc.client.ServerProxy(agent.url, allow_none=True).destroy, p["vmId"])
+        assert created.result()["status"]["code"] == 0
+        assert destroyed.result()["status"]["code"] == 0
+    assert agent.api.list()["vmList"] == []
+    conn = libvirt.open(TEST_URI)
+    try:
+        assert "hvtest-race" not in [d.name() for d in conn.listAllDomains()]
+    finally:
+        conn.close()
