@@ -30,8 +30,8 @@ def tobool(s):
     try:
         if s is None:
             return False
-        if isinstance(s, bool):
-            return s
+        if isinstance(s, (bool, int)):
+            return bool(s)
         if s.lower() == "true":
             return True
         return bool(int(s))
