@@ -75,11 +75,14 @@ def parse_nic(text: str) -> dict[str, Any]:
 
 
 def build_create_params(args: argparse.Namespace) -> dict[str, Any]:
-    params: dict[str, Any] = {"vmId": args.vm_id or str(uuid.uuid4())}
+    vm_id = args.vm_id or str(uuid.uuid4())
+    params: dict[str, Any] = {"vmId": vm_id}
     if args.xml:
         params["xml"] = Path(args.xml).read_text()
     else:
-        params.update({"vmName": args.name, "memSize": args.mem, "smp": args.smp})
+        # libvirt refuses two domains of one name: default to one as unique as the id.
+        params.update({"vmName": args.name or f"vm-{vm_id[:8]}", "memSize": args.mem,
+                       "smp": args.smp})
         devices = [parse_nic(n) for n in args.nic]
         devices += [{"type": "disk", "device": "disk", "path": p, "format": "raw",
                      "iface": "virtio"} for p in args.disk]
@@ -177,7 +180,7 @@ def register(sub: Any) -> None:
     verbs = parser.add_subparsers(dest="vm_command", metavar="VERB", required=True)
 
     create = verbs.add_parser("create", help="create and start a VM")
-    create.add_argument("--name", default="vm", help="VM name (default vm)")
+    create.add_argument("--name", help="VM name (default vm-<first 8 of the id>)")
     create.add_argument("--vm-id", help="VM UUID (default: a new one)")
     create.add_argument("--mem", type=int, default=256, help="memory, MiB (default 256)")
     create.add_argument("--smp", type=int, default=1, help="vCPUs (default 1)")
