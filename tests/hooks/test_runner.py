@@ -346,3 +346,31 @@ def test_stale_temp_files_of_dead_runners_cleaned(run_dir: Path,
     assert not dead.exists() and mine.exists() and other.exists()
     mine.unlink()
     other.unlink()
+
+
+def test_concurrent_chains_stay_apart(hooks_dir: Path, make_runner: MakeRunner) -> None:
+    import threading
+
+    write_hook(hooks_dir, EV, "10_x", sh("""
+        echo "$vmId" >&2
+        sed -i "s#<memory unit='MiB'>512</memory>#<memory unit='MiB'>$mem</memory>#" \
+            "$_hook_domxml"
+        echo "$vmId"
+    """))
+    runner = make_runner()
+    results: dict[str, object] = {}
+
+    def go(i: int) -> None:
+        domain = DOMAIN.replace(UUID, f"vm-{i}")
+        results[f"vm-{i}"] = runner.run(EV, domain, vm_id=f"vm-{i}", vm_props={"mem": str(i)})
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(8):
+        result = results[f"vm-{i}"]
+        assert isinstance(result, runner_mod.ChainResult) and result.ok
+        assert result.runs[0].stdout == result.runs[0].stderr == f"vm-{i}\n"
+        assert f"<memory unit='MiB'>{i}</memory>" in result.data
