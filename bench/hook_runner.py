@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hookvisor.hooks.records import RunRecords
@@ -73,9 +74,9 @@ def bare_chain(scripts: list[str], data: str, run_dir: str) -> None:
         os.unlink(path)
 
 
-def timed(fn: object) -> float:
+def timed(fn: Callable[[], None]) -> float:
     t0 = time.perf_counter()
-    fn()  # type: ignore[operator]
+    fn()
     return time.perf_counter() - t0
 
 
@@ -139,8 +140,24 @@ def main() -> None:
             assert result.ok and len(result.runs) == 10, result.message()
             per_hook.append(elapsed / 10)
         py_med = statistics.median(per_hook)
+        bare_py: list[float] = []
+        for _ in range(args.py_rounds):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], check=True)
+            bare_py.append(time.perf_counter() - t0)
+        helpers = Path(__file__).resolve().parent.parent / "hookvisor" / "hooks" / "helpers"
+        probe = ("import time; t = time.perf_counter(); import hooking; "
+                 "print((time.perf_counter() - t) * 1000)")
+        imports = [
+            float(subprocess.run([sys.executable, "-c", probe], check=True, text=True,
+                                 capture_output=True,
+                                 env=dict(os.environ, PYTHONPATH=str(helpers))).stdout)
+            for _ in range(args.py_rounds)
+        ]
         print(f"python hooks x10 (import hooking, read+write 100-device domain XML), "
               f"{args.py_rounds} rounds:")
+        print(f"  python interpreter start alone: {statistics.median(bare_py) * 1000:.1f} ms")
+        print(f"  import hooking: {statistics.median(imports):.2f} ms")
         print(f"  python_hook_ms={py_med * 1000:.1f}")
         records.close()
         print(f"runner_overhead_ratio={e_med / b_med:.2f}")
