@@ -25,6 +25,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -397,14 +398,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     records = None if args.no_record else _open_records(settings, err)
     try:
         with _temp_run_dir() as run_dir, _quiet_engine_log():
-            timeouts: dict[str, Any] = {}
+            config = replace(RunnerConfig.from_settings(settings), run_dir=run_dir,
+                             launchflags_dir=None)
             if args.timeout is not None:
-                timeouts = {"default_timeout": args.timeout, "event_timeouts": {}}
-            else:
-                timeouts = {"default_timeout": settings.hook_timeout,
-                            "event_timeouts": dict(settings.event_timeouts)}
-            config = RunnerConfig(hooks_dir=settings.hooks_dir, run_dir=run_dir,
-                                  grace=settings.hook_grace, **timeouts)
+                config = replace(config, default_timeout=args.timeout, event_timeouts={},
+                                 script_timeouts={})
             runner = HookRunner(config, records)
             scripts = len(runner.scripts(ev.name))
             result = runner.run(ev.name, data, vm_id=vm_id, vm_props=vm_props,

@@ -62,11 +62,15 @@ class RunnerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunnerConfig:
+        """From the agent's settings; an `event_timeouts` key "event/script" is per script."""
+        per_event = {k: v for k, v in settings.event_timeouts.items() if "/" not in k}
+        per_script = {k: v for k, v in settings.event_timeouts.items() if "/" in k}
         return cls(
             hooks_dir=settings.hooks_dir,
             run_dir=settings.run_dir,
             default_timeout=settings.hook_timeout,
-            event_timeouts=dict(settings.event_timeouts),
+            event_timeouts=per_event,
+            script_timeouts=per_script,
             grace=settings.hook_grace,
         )
 

@@ -137,3 +137,17 @@ def test_background_child_output_does_not_leak_into_the_next_record(
     result = make_runner().run(EV, DOMAIN)
     pgids.extend(r.pgid or 0 for r in result.runs)
     assert result.runs[1].stdout == "mine\n" and result.runs[1].stderr == ""
+
+
+def test_config_from_settings_splits_per_script_keys(tmp_path: Path) -> None:
+    from hookvisor.config import load_settings
+    from hookvisor.hooks.runner import RunnerConfig
+
+    conf = tmp_path / "c.toml"
+    conf.write_text('hook_timeout = 30\nhook_grace = 1.5\n'
+                    '[event_timeouts]\nbefore_vm_start = 120\n"after_vm_start/50_x" = 7\n')
+    config = RunnerConfig.from_settings(load_settings(conf, environ={}))
+    assert (config.default_timeout, config.grace) == (30.0, 1.5)
+    assert config.timeout_for("before_vm_start", "10_a", None) == 120.0
+    assert config.timeout_for("after_vm_start", "50_x", None) == 7.0
+    assert config.timeout_for("after_vm_start", "60_y", None) == 30.0
