@@ -450,7 +450,17 @@ class HookRunner:
             if name not in ev.extras:
                 raise ValueError(f"event {ev.name} takes no extra variable {name!r}")
         chain_id = uuid.uuid4().hex
-        scripts = list_scripts(self.config.hooks_dir, event)
+        try:
+            scripts = list_scripts(self.config.hooks_dir, event)
+        except OSError as e:
+            # An unreadable hook dir must not mean "no hooks": a vetoing hook
+            # would be skipped without a word. It fails the chain instead.
+            where = os.path.join(self.config.hooks_dir, event)
+            run = ScriptRun(f"({event})", event, "", "failed", None, 0.0, time.time(),
+                            message=f"cannot list {where}: {e.strerror}", stops_chain=True)
+            log.warning("%s", run.describe())
+            self._record(chain_id, ev, vm_id, [run])
+            return ChainResult(chain_id, ev, vm_id, data, [run], ev.vetoes)
         if not scripts:
             return ChainResult(chain_id, ev, vm_id, data, [], False)
         runs: list[ScriptRun] = []

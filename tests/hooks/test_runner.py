@@ -374,3 +374,26 @@ def test_concurrent_chains_stay_apart(hooks_dir: Path, make_runner: MakeRunner) 
         assert isinstance(result, runner_mod.ChainResult) and result.ok
         assert result.runs[0].stdout == result.runs[0].stderr == f"vm-{i}\n"
         assert f"<memory unit='MiB'>{i}</memory>" in result.data
+
+
+def test_unreadable_event_dir_fails_the_chain(hooks_dir: Path, make_runner: MakeRunner,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    write_hook(hooks_dir, EV, "10_guard", sh("exit 0\n"))
+
+    from hookvisor.hooks import discovery
+
+    class DeniedOs:
+        """os for discovery only (running as root, chmod 000 would not stop a read)."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        @staticmethod
+        def scandir(path: object) -> object:
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(discovery, "os", DeniedOs())
+    result = make_runner(records=True).run(EV, DOMAIN)
+    assert result.vetoed and "cannot list" in result.message()
+    assert "Permission denied" in result.message()
+    assert make_runner().run("after_vm_start", DOMAIN).vetoed is False
