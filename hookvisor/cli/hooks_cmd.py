@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = parser.add_subparsers(dest="hooks_action", metavar="ACTION", required=True)
 
     lst = sub.add_parser("list", help="events, scripts in run order, checksums, manifests")
-    lst.add_argument("--hooks-dir", type=Path, help="hooks dir (default: the settings')")
+    lst.add_argument("--hooks-dir", type=Path, metavar="DIR",
+                     help="hooks dir (default: the settings')")
     lst.add_argument("--event", metavar="E", help="only this event")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     add_global_options(lst)
@@ -68,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "chain passed, 1 if the event would be vetoed, 2 for usage errors.",
     )
     run.add_argument("event", metavar="EVENT")
-    run.add_argument("--hooks-dir", type=Path, help="hooks dir (default: the settings')")
+    run.add_argument("--hooks-dir", type=Path, metavar="DIR",
+                     help="hooks dir (default: the settings')")
     data = run.add_mutually_exclusive_group()
     data.add_argument("--xml", metavar="FILE", help="domain or device XML ('-': stdin)")
     data.add_argument("--json", metavar="FILE", help="JSON document ('-': stdin)")

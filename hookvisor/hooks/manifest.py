@@ -36,7 +36,7 @@ class Manifest:
     def settings(self) -> dict[str, object]:
         out: dict[str, object] = {"file": self.path.name}
         if self.timeout is not None:
-            out["timeout"] = self.timeout
+            out["timeout"] = int(self.timeout) if self.timeout.is_integer() else self.timeout
         out["on_failure"] = self.on_failure
         if self.when_property is not None:
             out["when_property"] = list(self.when_property)
