@@ -29,8 +29,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from hookvisor.cli.common import add_global_options, parse_assignment, settings_from_args
-from hookvisor.cli.main import UsageError
+from hookvisor.cli.common import (
+    UsageError,
+    add_global_options,
+    parse_assignment,
+    settings_from_args,
+)
 from hookvisor.config import Settings
 from hookvisor.hooks.catalogue import EVENTS, Event, Payload, get_event
 from hookvisor.hooks.discovery import ChecksumCache, Script, list_scripts
