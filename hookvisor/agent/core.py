@@ -34,6 +34,10 @@ from hookvisor.virt.host import (
 
 log = logging.getLogger("hookvisor.agent")
 
+# The lifecycle events that may change a VM's status.
+_WATCHED = (EVENT_STOPPED, EVENT_SUSPENDED, EVENT_RESUMED)
+
+
 class Agent:
     def __init__(
         self,
@@ -52,7 +56,7 @@ class Agent:
         # Event follow-ups run hooks and take VM locks: never on libvirt's event thread.
         self._events = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vm-events")
         self._closed = threading.Event()
-        host.on_lifecycle(self._on_lifecycle)
+        host.on_lifecycle(self._on_lifecycle, _WATCHED)
 
     # --- start and stop -------------------------------------------------------
 
@@ -140,7 +144,7 @@ class Agent:
 
     def _on_lifecycle(self, vm_id: str, event: int, detail: int) -> None:
         """On libvirt's event thread: only decide whether to look closer."""
-        if event not in (EVENT_STOPPED, EVENT_SUSPENDED, EVENT_RESUMED):
+        if event not in _WATCHED:
             return
         vm = self.ctx.registry.find(vm_id)
         if vm is None or vm.stopping or self._closed.is_set():

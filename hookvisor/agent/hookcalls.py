@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from hookvisor.agent.vm import Vm
@@ -60,10 +60,16 @@ class Runner(Protocol):
 
     def installed(self) -> dict[str, dict[str, dict[str, str]]]: ...
 
+    def scripts(self, event: str) -> Sequence[object]: ...
+
 
 class HookCalls:
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
+
+    def wanted(self, event: str) -> bool:
+        """Whether `event` has scripts now; without any, its payload need not be built."""
+        return bool(self.runner.scripts(event))
 
     def run(
         self,
@@ -77,6 +83,10 @@ class HookCalls:
 
         Raises VdsmError(hookError) when a vetoing event's chain failed.
         """
+        if not self.wanted(event):
+            # What a chain of no scripts gives back, without a chain: nothing runs,
+            # nothing is recorded, and no chain id or result is made per event.
+            return data
         result = self.runner.run(
             event,
             data,
@@ -92,6 +102,8 @@ class HookCalls:
     def run_json(self, event: str, obj: Any, vm: Vm | None = None,
                  vm_id: str | None = None) -> Any:
         """Run a JSON event; the hooks' final JSON, or `obj` if they left none that parses."""
+        if not self.wanted(event):
+            return obj  # no script: spare the dump of a report that may hold 1,000 VMs
         sent = json.dumps(obj)
         text = self.run(event, sent, vm=vm, vm_id=vm_id)
         if text == sent:

@@ -66,23 +66,33 @@ def _locked(ctx: Context, vm_id: object, body: Callable[[Vm], Any]) -> Any:
 # --- create -------------------------------------------------------------------
 
 
-def _initial(ctx: Context, req: CreateRequest) -> tuple[str, dict[str, dict[str, str]]]:
-    """The domain XML before any hook, and the device custom props by device key."""
+def _device_props(ctx: Context, req: CreateRequest) -> dict[str, dict[str, str]]:
+    """The device custom props of a request, by device key."""
     if req.spec is None:
-        assert req.xml is not None
-        return req.xml, dict(req.xml_device_props)
-    xml = dx.build(req.spec, ctx.host.domain_type, ctx.host.arch)
+        return dict(req.xml_device_props)
     device_props: dict[str, dict[str, str]] = {}
     if not any(dev.custom for dev in req.spec.devices):
-        return xml, device_props
+        return device_props
+    # Keys as libvirt will see them (generated targets): from the XML itself.
+    xml = dx.build(req.spec, ctx.host.domain_type, ctx.host.arch)
     for ref, dev in zip(dx.devices(xml), req.spec.devices, strict=True):
         if dev.custom and ref.key is not None:
             device_props[ref.key] = dict(dev.custom)
-    return xml, device_props
+    return device_props
+
+
+def _initial(ctx: Context, req: CreateRequest, vm: Vm) -> str:
+    """The domain XML before any hook, the agent's metadata already in it."""
+    if req.spec is None:
+        assert req.xml is not None
+        return dx.set_metadata(req.xml, metadata_of(vm))
+    return dx.build(req.spec, ctx.host.domain_type, ctx.host.arch, metadata_of(vm))
 
 
 def _check_props(ctx: Context, req: CreateRequest,
                  device_props: dict[str, dict[str, str]]) -> None:
+    if not req.vm_props and not any(device_props.values()):
+        return  # nothing to check: no need to read the definitions
     devices = [(dx.device_type(key), props) for key, props in device_props.items()]
     try:
         ctx.props.check(vm=req.vm_props, devices=devices)
@@ -114,6 +124,8 @@ def _device_hooks(ctx: Context, vm: Vm, xml: str) -> tuple[str, bool]:
 
 def _vm_start_hooks(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, bool]:
     """before_vm_start, with the launch flags a hook may change (start paused)."""
+    if not ctx.hooks.wanted("before_vm_start"):
+        return xml, paused  # no script to read or change the flags: no file to keep
     # No file means no flags: only a paused start needs one written (saves I/O per create).
     if paused:
         launchflags.write_flags(ctx.run_dir, vm.vm_id, launchflags.START_PAUSED)
@@ -128,7 +140,6 @@ def _vm_start_hooks(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, 
 
 
 def _start(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, bool]:
-    xml = dx.set_metadata(xml, metadata_of(vm))
     xml, rekeyed = _device_hooks(ctx, vm, xml)
     hooked, paused = _vm_start_hooks(ctx, vm, xml, paused)
     if hooked != xml or rekeyed:
@@ -154,10 +165,11 @@ def _known_id(ctx: Context, params: Any) -> None:
 def create(ctx: Context, params: Any) -> dict[str, Any]:
     _known_id(ctx, params)
     req = parse_create(params)
-    xml, device_props = _initial(ctx, req)
+    device_props = _device_props(ctx, req)
     _check_props(ctx, req, device_props)
     vm = Vm(req.vm_id, req.name, req.params, dict(req.vm_props), device_props,
             started_at=time.time())
+    xml = _initial(ctx, req, vm)
     # Locked before it is listed: a destroy racing this create waits for it to finish.
     with vm.lock:
         ctx.registry.add(vm)
@@ -193,8 +205,14 @@ def destroy(ctx: Context, vm_id: object) -> dict[str, Any]:
             # It died on its own; its after_ hooks ran then. Only the record is left.
             ctx.registry.remove(vm)
             return {}
-        xml = _live_xml(ctx, vm)
-        ctx.hooks.run("before_vm_destroy", xml, vm)
+        before = ctx.hooks.wanted("before_vm_destroy")
+        # The live XML is only a payload: with no script to read it, spare libvirt the call.
+        if before or vm.device_props or ctx.hooks.wanted("after_vm_destroy"):
+            xml = _live_xml(ctx, vm)
+        else:
+            xml = vm.xml
+        if before:  # its directory was just read: an empty one is not read twice
+            ctx.hooks.run("before_vm_destroy", xml, vm)
         devices = custom_devices(vm, xml)
         for ref, props in devices:
             ctx.hooks.run("before_device_destroy", ref.xml, vm, props)

@@ -76,6 +76,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logging.basicConfig(stream=sys.stderr, level=args.log_level, format=LOG_FORMAT)
+    # LOG_FORMAT shows no source line, thread or process: gathering them for
+    # every record is wasted (the logging HOWTO's "Optimization" switches).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     return serve(settings)
 
 

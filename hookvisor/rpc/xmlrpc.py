@@ -77,11 +77,29 @@ def xmlrpc_safe(value: Any) -> Any:
     return str(value)
 
 
+def _arity(sig: inspect.Signature) -> tuple[int, int]:
+    """(fewest, most) positional arguments `sig` binds."""
+    low = high = 0
+    for param in sig.parameters.values():
+        if param.kind is param.VAR_POSITIONAL:
+            return low, 2**31
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            high += 1
+            if param.default is param.empty:
+                low = high
+        elif param.kind is param.KEYWORD_ONLY and param.default is param.empty:
+            return 1, 0  # cannot be called by position at all: always ask bind
+    return low, high
+
+
 class Dispatcher:
     def __init__(self, agent: Agent) -> None:
         self._verbs = verbs(agent)
         self._signatures = {name: inspect.signature(func)
                             for name, (_, func) in self._verbs.items()}
+        # XML-RPC passes arguments by position only, so a count in range always
+        # binds: the signature is only asked when it does not, for its message.
+        self._arity = {name: _arity(sig) for name, sig in self._signatures.items()}
 
     def _dispatch(self, method: str, params: tuple[Any, ...]) -> dict[str, Any]:
         started = time.monotonic()
@@ -98,10 +116,12 @@ class Dispatcher:
             what = "not implemented yet" if method in NOT_BUILT else "unknown verb"
             return status(Code.NOIMPL, f"{method}: {what}")
         key, func = self._verbs[method]
-        try:
-            self._signatures[method].bind(*params)
-        except TypeError as e:
-            return status(Code.GENERAL, f"{method}: bad arguments: {e}")
+        low, high = self._arity[method]
+        if not low <= len(params) <= high:
+            try:
+                self._signatures[method].bind(*params)
+            except TypeError as e:
+                return status(Code.GENERAL, f"{method}: bad arguments: {e}")
         try:
             payload = func(*params)
         except VdsmError as e:

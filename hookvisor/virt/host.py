@@ -11,7 +11,7 @@ import logging
 import os
 import platform
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,10 +138,18 @@ class Host:
 
     # --- events ---------------------------------------------------------------
 
-    def on_lifecycle(self, callback: LifecycleCallback) -> None:
-        """Call `callback(uuid, event, detail)` from the event thread; keep it short."""
+    def on_lifecycle(self, callback: LifecycleCallback,
+                     events: Collection[int] | None = None) -> None:
+        """Call `callback(uuid, event, detail)` from the event thread; keep it short.
+
+        With `events`, only for those kinds.
+        """
+        wanted = None if events is None else frozenset(events)
 
         def relay(_conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+            # Every start and destroy raises events: the others cost no libvirt call.
+            if wanted is not None and event not in wanted:
+                return
             try:
                 callback(dom.UUIDString(), event, detail)
             except Exception:

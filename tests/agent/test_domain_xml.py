@@ -69,6 +69,23 @@ def test_metadata_round_trip_and_replace() -> None:
     assert "urn:other" in dx.set_metadata(other, dx.Metadata())
 
 
+def test_build_writes_what_elementtree_writes() -> None:
+    # build() writes text itself; ElementTree must read it back to the same text,
+    # and metadata built in must be what set_metadata would have put there.
+    tricky = VmSpec(UUID, "a&b <c> \"d\" 'e'", 64, 1, (
+        NicSpec("network", 'n&"\t<x>\n', "52:54:00:aa:bb:cc", "e1000", False),
+        DiskSpec("disk", "/tmp/a&b.img", "cow", "scsi", False, 2),
+    ))
+    meta = dx.Metadata({"p": 'v&<>"', "empty": ""}, {"disk:sda": {"x": "1"}, "disk:sdb": {}},
+                       {"vmName": "a&<\"", "n": 1})
+    for s in (spec(), tricky, VmSpec(UUID, "bare", 1, 1)):
+        for m in (None, meta):
+            built = dx.build(s, "kvm", meta=m)
+            assert dx.to_string(dx.parse(built)) == built
+        assert dx.build(s, "kvm", meta=meta) == dx.set_metadata(dx.build(s, "kvm"), meta)
+    assert dx.get_metadata(dx.build(tricky, "kvm", meta=meta)) == meta
+
+
 def test_set_uuid_and_bad_xml() -> None:
     xml = "<domain type='test'><name>n</name><memory>1</memory></domain>"
     assert dx.identity(dx.set_uuid(xml, UUID)) == (UUID, "n")
