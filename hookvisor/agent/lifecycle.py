@@ -150,7 +150,7 @@ def _start(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, bool]:
             raise VdsmError(Code.CREATE_ERR, f"domain XML after hooks: {e}") from None
     xml = hooked
     try:
-        return ctx.host.start(xml, paused), paused
+        return ctx.host.start(xml, paused, vm.vm_id), paused
     except HostError as e:
         raise VdsmError(Code.CREATE_ERR, f"libvirt could not start VM {vm.vm_id}: {e}") from None
 
@@ -204,6 +204,7 @@ def destroy(ctx: Context, vm_id: object) -> dict[str, Any]:
         if vm.status == DOWN:
             # It died on its own; its after_ hooks ran then. Only the record is left.
             ctx.registry.remove(vm)
+            ctx.host.forget(vm.vm_id)
             return {}
         before = ctx.hooks.wanted("before_vm_destroy")
         # The live XML is only a payload: with no script to read it, spare libvirt the call.

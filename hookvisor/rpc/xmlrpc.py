@@ -63,7 +63,9 @@ def xmlrpc_safe(value: Any) -> Any:
     if kind is int:
         return value if _INT_MIN <= value <= _INT_MAX else str(value)
     if kind is dict:
-        return {k if type(k) is str else str(k): xmlrpc_safe(v) for k, v in value.items()}
+        # Most values of a stats reply are strings already: no call for them.
+        return {k if type(k) is str else str(k): v if type(v) is str else xmlrpc_safe(v)
+                for k, v in value.items()}
     if kind is list or kind is tuple:
         return [xmlrpc_safe(v) for v in value]
     if isinstance(value, bool | str | float):

@@ -128,6 +128,10 @@ class Host:
         self.domain_type = choose_domain_type(self.driver, domain_type)
         self.arch = platform.machine() or "x86_64"
         self._callback_id: int | None = None
+        # Handles of the domains started here, by UUID: the calls that follow a
+        # start need no lookup (a round trip to libvirtd on a real host). Drivers
+        # resolve a handle by its UUID, so one stays good as long as a lookup would.
+        self._doms: dict[str, Any] = {}
         self._conn.registerCloseCallback(self._closed, None)
 
     @staticmethod
@@ -160,6 +164,7 @@ class Host:
         )
 
     def close(self) -> None:
+        self._doms.clear()
         with contextlib.suppress(libvirt.libvirtError):
             self._conn.unregisterCloseCallback()
         if self._callback_id is not None:
@@ -172,13 +177,23 @@ class Host:
     # --- domains --------------------------------------------------------------
 
     def _lookup(self, uuid: str) -> Any:
+        dom = self._doms.get(uuid)
+        if dom is not None:
+            return dom
         try:
             return self._conn.lookupByUUIDString(uuid)
         except libvirt.libvirtError as e:
             raise _wrap(e) from None
 
-    def start(self, xml: str, paused: bool) -> str:
-        """Start a transient domain (nothing left behind on failure); returns its live XML."""
+    def forget(self, uuid: str) -> None:
+        """The agent is done with this domain: drop its handle, if one is kept."""
+        self._doms.pop(uuid, None)
+
+    def start(self, xml: str, paused: bool, uuid: str | None = None) -> str:
+        """Start a transient domain (nothing left behind on failure); returns its live XML.
+
+        With `uuid` (the domain's), its handle is kept until destroy() or forget().
+        """
         flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
         try:
             try:
@@ -193,9 +208,12 @@ class Host:
                 except libvirt.libvirtError:
                     dom.destroy()
                     raise
-            return str(dom.XMLDesc(0))
+            live = str(dom.XMLDesc(0))
         except libvirt.libvirtError as e:
             raise _wrap(e) from None
+        if uuid is not None:
+            self._doms[uuid] = dom
+        return live
 
     def xml(self, uuid: str) -> str:
         try:
@@ -226,7 +244,11 @@ class Host:
         try:
             self._lookup(uuid).destroy()
         except libvirt.libvirtError as e:
-            raise _wrap(e) from None
+            error = _wrap(e)
+            if error.no_domain:
+                self.forget(uuid)
+            raise error from None
+        self.forget(uuid)
 
     def active_domains(self) -> list[DomainInfo]:
         """Every running or paused domain, with its live XML (for recovery)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 
+import libvirt
 import pytest
 
 from hookvisor.virt import domain_xml as dx
@@ -54,3 +55,37 @@ def test_bad_xml_is_a_host_error() -> None:
             host.start("<domain type='test'><name>hvtest-bad</name></domain>", paused=False)
     finally:
         host.close()
+
+
+def test_kept_handles_follow_the_uuid_and_events_are_filtered() -> None:
+    host = Host("test:///default")
+    other = libvirt.open("test:///default")  # same in-process driver, behind the host's back
+    vm_id = str(uuid.uuid4())
+    seen: list[int] = []
+    two_stops = threading.Event()
+
+    def on_event(uid: str, event: int, _detail: int) -> None:
+        if uid == vm_id:
+            seen.append(event)
+            if len(seen) == 2:
+                two_stops.set()
+
+    host.on_lifecycle(on_event, events=(EVENT_STOPPED,))
+    try:
+        xml = dx.build(VmSpec(vm_id, "hvtest-handle", 64, 1), host.domain_type)
+        host.start(xml, paused=False, uuid=vm_id)
+        other.lookupByUUIDString(vm_id).destroy()
+        with pytest.raises(HostError) as err:
+            host.state(vm_id)
+        assert err.value.no_domain
+        other.createXML(xml, 0)  # the same UUID again: the kept handle reaches it
+        assert host.state(vm_id)[0] == 1
+        host.destroy(vm_id)
+        with pytest.raises(HostError) as err:
+            host.destroy(vm_id)
+        assert err.value.no_domain
+        assert two_stops.wait(5)
+        assert seen == [EVENT_STOPPED, EVENT_STOPPED]  # no STARTED: not asked for
+    finally:
+        host.close()
+        other.close()
