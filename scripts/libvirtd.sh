@@ -27,6 +27,16 @@ CONF
     fi
 }
 
+# Our daemons by the pid files they write as root (-d: /run/NAME.pid), not by
+# process name: pgrep/pkill need procps, which a minimal Debian lacks, and would
+# also match a daemon of another root sharing the PID namespace (a chroot or
+# container with its own /run), which start would then wait on and stop kill.
+alive() {
+    local pid
+    pid=$(cat "/run/$1.pid" 2>/dev/null) && [ -n "$pid" ] &&
+        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
+}
+
 running() {
     virsh -c "$URI" version >/dev/null 2>&1
 }
@@ -37,8 +47,8 @@ start() {
         return 0
     fi
     configure
-    pgrep -x virtlogd >/dev/null || virtlogd -d
-    pgrep -x libvirtd >/dev/null || libvirtd -d
+    alive virtlogd || virtlogd -d
+    alive libvirtd || libvirtd -d
     for _ in $(seq 1 100); do
         if [ -S "$SOCK" ] && running; then
             echo "libvirtd: running ($URI)" >&2
@@ -51,8 +61,13 @@ start() {
 }
 
 stop() {
-    pkill -x libvirtd || true
-    pkill -x virtlogd || true
+    local d pid
+    for d in libvirtd virtlogd; do
+        alive "$d" || continue
+        pid=$(cat "/run/$d.pid")
+        kill "$pid"
+        for _ in $(seq 1 50); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+    done
 }
 
 case "${1:-start}" in
