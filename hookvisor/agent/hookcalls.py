@@ -69,7 +69,10 @@ class HookCalls:
 
     def wanted(self, event: str) -> bool:
         """Whether `event` has scripts now; without any, its payload need not be built."""
-        return bool(self.runner.scripts(event))
+        try:
+            return bool(self.runner.scripts(event))
+        except OSError:
+            return True  # an unreadable hook dir: the runner fails (and records) the chain
 
     def run(
         self,

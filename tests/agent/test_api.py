@@ -406,3 +406,32 @@ def test_restarted_agent_adopts_running_vms(props: Any, inproc_agent: Any) -> No
         assert code(second.api.destroy(q["vmId"])) == 0
     finally:
         keep.close()
+
+
+def test_unreadable_event_dir_vetoes_rather_than_means_no_hooks(
+        dirs: Any, inproc_agent: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from hookvisor.hooks import discovery
+
+    agent = inproc_agent()
+
+    class DeniedOs:
+        """os for discovery only (as root, chmod 000 would not stop a read)."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        @staticmethod
+        def scandir(path: object) -> object:
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(discovery, "os", DeniedOs())
+    p = params("denied")
+    reply = agent.api.create(p)
+    assert code(reply) == 78, reply
+    assert "cannot list" in reply["status"]["message"]
+    assert not domain_exists(p["vmId"])
+    monkeypatch.undo()
+    runs = agent.api.getHookRuns({"vmId": p["vmId"]})["hookRuns"]
+    assert [r["event"] for r in runs] == ["before_vm_start"]
