@@ -108,7 +108,8 @@ class _QuietHandler(SimpleXMLRPCRequestHandler):
 
 def serve_bare(port: int, canned_file: str) -> None:
     """Answers each verb with the agent's own reply, so payloads match in size."""
-    canned: dict[str, Any] = xmlrpc.client.loads(Path(canned_file).read_text())[0][0]
+    loaded: Any = xmlrpc.client.loads(Path(canned_file).read_text())[0][0]
+    canned: dict[str, Any] = loaded
     server = _ThreadedServer(("127.0.0.1", port), requestHandler=_QuietHandler,
                              allow_none=True, logRequests=False)
     for verb, reply in canned.items():

@@ -208,7 +208,13 @@ class Host:
                 except libvirt.libvirtError:
                     dom.destroy()
                     raise
-            live = str(dom.XMLDesc(0))
+            try:
+                live = str(dom.XMLDesc(0))
+            except libvirt.libvirtError:
+                # The caller reports a failed create: the domain must not outlive it.
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
+                raise
         except libvirt.libvirtError as e:
             raise _wrap(e) from None
         if uuid is not None:

@@ -89,3 +89,29 @@ def test_kept_handles_follow_the_uuid_and_events_are_filtered() -> None:
     finally:
         host.close()
         other.close()
+
+
+def test_a_start_that_fails_after_createxml_leaves_no_domain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injection on one call: the domain is real, only its XML read fails."""
+    host = Host("test:///default")
+    vm_id = str(uuid.uuid4())
+
+    def broken(self: libvirt.virDomain, flags: int = 0) -> str:
+        raise libvirt.libvirtError("injected: XMLDesc failed")
+
+    try:
+        xml = dx.build(VmSpec(vm_id, "hvtest-halfstart", 64, 1), host.domain_type)
+        with monkeypatch.context() as m:
+            m.setattr(libvirt.virDomain, "XMLDesc", broken)
+            with pytest.raises(HostError):
+                host.start(xml, paused=False, uuid=vm_id)
+        conn = libvirt.open("test:///default")
+        try:
+            with pytest.raises(libvirt.libvirtError):
+                conn.lookupByUUIDString(vm_id)
+        finally:
+            conn.close()
+    finally:
+        host.close()
