@@ -210,10 +210,12 @@ def hvtest_domains(uri: str) -> list[str]:
         for dom in conn.listAllDomains():
             if dom.name().startswith(PREFIX):
                 names.append(dom.name())
+                # Asked before destroy: a destroyed transient domain no longer exists.
                 with contextlib.suppress(libvirt.libvirtError):
-                    dom.destroy()
-                if dom.isPersistent():
-                    with contextlib.suppress(libvirt.libvirtError):
+                    persistent = dom.isPersistent()
+                    if dom.isActive():
+                        dom.destroy()
+                    if persistent:
                         dom.undefine()
         return names
     finally:
