@@ -42,6 +42,8 @@ def register(sub: Any) -> None:
                    help="between SIGTERM and SIGKILL for a hook past its timeout")
     p.add_argument("--event-timeout", action="append", default=[], metavar="EVENT=SECONDS",
                    help="timeout for one event's scripts (repeatable)")
+    p.add_argument("--hook-history-limit", type=int, metavar="N",
+                   help="keep the newest N hook run records (default 10000)")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.set_defaults(func=run)
@@ -70,6 +72,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         hook_timeout=args.hook_timeout,
         hook_grace=args.hook_grace,
         event_timeouts=timeouts,
+        hook_history_limit=args.hook_history_limit,
     )
 
 
