@@ -14,6 +14,7 @@ from typing import Any
 
 import libvirt
 import pytest
+from support import deny_hook_listing, domain_exists, live_xml, wait_for
 
 from hookvisor.virt import domain_xml as dx
 
@@ -38,39 +39,10 @@ def nic(mac: str, custom: dict[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
-def live_xml(vm_id: str) -> str:
-    conn = libvirt.open(TEST_URI)
-    try:
-        return str(conn.lookupByUUIDString(vm_id).XMLDesc(0))
-    finally:
-        conn.close()
-
-
-def domain_exists(vm_id: str) -> bool:
-    conn = libvirt.open(TEST_URI)
-    try:
-        conn.lookupByUUIDString(vm_id)
-        return True
-    except libvirt.libvirtError:
-        return False
-    finally:
-        conn.close()
-
-
 def nic_models(xml: str) -> dict[str, str]:
     root = ET.fromstring(xml)
     return {i.find("mac").get("address"): i.find("model").get("type")  # type: ignore[union-attr]
             for i in root.iter("interface")}
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -410,23 +382,8 @@ def test_restarted_agent_adopts_running_vms(props: Any, inproc_agent: Any) -> No
 
 def test_unreadable_event_dir_vetoes_rather_than_means_no_hooks(
         dirs: Any, inproc_agent: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    from hookvisor.hooks import discovery
-
     agent = inproc_agent()
-
-    class DeniedOs:
-        """os for discovery only (as root, chmod 000 would not stop a read)."""
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(os, name)
-
-        @staticmethod
-        def scandir(path: object) -> object:
-            raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(discovery, "os", DeniedOs())
+    deny_hook_listing(monkeypatch)
     p = params("denied")
     reply = agent.api.create(p)
     assert code(reply) == 78, reply

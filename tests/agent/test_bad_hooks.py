@@ -11,10 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
-
-TEST_URI = "test:///default"
+from support import domain_exists
 
 # (script body, manifest, what the error message must say)
 BAD_HOOKS: dict[str, tuple[str, str, list[str]]] = {
@@ -46,17 +44,6 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-def _domain_exists(vm_id: str) -> bool:
-    conn = libvirt.open(TEST_URI)
-    try:
-        conn.lookupByUUIDString(vm_id)
-        return True
-    except libvirt.libvirtError:
-        return False
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("case", sorted(BAD_HOOKS))
 def test_bad_hook_vetoes_with_its_cause_and_leaves_nothing(
     case: str, dirs: Any, inproc_agent: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -84,7 +71,7 @@ def test_bad_hook_vetoes_with_its_cause_and_leaves_nothing(
     for word in expected:
         assert word.lower() in message.lower(), message
     assert not marker.exists()
-    assert not _domain_exists(vm_id)
+    assert not domain_exists(vm_id)
     assert agent.api.list(True, [vm_id])["vmList"] == []
     assert dirs.leftover_files() == []
     assert pidfile.exists(), "the hook never ran"
@@ -97,7 +84,7 @@ def test_bad_hook_vetoes_with_its_cause_and_leaves_nothing(
     (dirs.hooks / "before_vm_start" / script).unlink()
     reply = agent.api.create({"vmId": vm_id, "vmName": f"hvtest-bad-{case}", "memSize": 64})
     assert reply["status"]["code"] == 0, reply
-    assert _domain_exists(vm_id)
+    assert domain_exists(vm_id)
     assert agent.api.destroy(vm_id)["status"]["code"] == 0
 
 
@@ -113,5 +100,5 @@ def test_bad_device_hook_output_vetoes(dirs: Any, inproc_agent: Any) -> None:
                               "devices": [nic]})
     assert reply["status"]["code"] == 78, reply
     assert "50_swap_root" in reply["status"]["message"]
-    assert not _domain_exists(vm_id)
+    assert not domain_exists(vm_id)
     assert dirs.leftover_files() == []

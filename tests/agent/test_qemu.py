@@ -15,6 +15,7 @@ from typing import Any
 
 import libvirt
 import pytest
+from support import wait_for
 
 from hookvisor.virt import domain_xml as dx
 
@@ -45,16 +46,6 @@ def live(uri: str, vm_id: str) -> str | None:
         return None
     finally:
         conn.close()
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -121,10 +112,10 @@ def test_virsh_destroy_behind_the_agents_back(qemu_system: str, qdirs: Any,
     subprocess.run(["virsh", "-c", qemu_system, "destroy", p["vmId"]], check=True,
                    capture_output=True, timeout=60)
     vm = wait_for(lambda: [v for v in agent.api.list(True)["vmList"]
-                           if v["status"] == "Down"])[0]
+                           if v["status"] == "Down"], timeout=20.0)[0]
     assert vm["vmId"] == p["vmId"] and vm["custom"] == {"tag": "red"}
     destroyed = dirs.root / "destroyed.log"
-    wait_for(destroyed.exists)
+    wait_for(destroyed.exists, timeout=20.0)
     time.sleep(1.0)  # a second after_vm_destroy would come now
     assert destroyed.read_text().splitlines() == [f"{p['vmId']} red"]
     assert "<description>tag-red</description>" in (

@@ -11,8 +11,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
+from support import live_xml
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TEST_URI = "test:///default"
@@ -44,14 +44,6 @@ def params(custom: dict[str, str], nic_custom: dict[str, str] | None = None) -> 
         nic["custom"] = nic_custom
     return {"vmId": str(uuid.uuid4()), "vmName": f"hvtest-ex-{uuid.uuid4().hex[:6]}",
             "memSize": 64, "smp": 2, "custom": custom, "devices": [nic]}
-
-
-def live_xml(vm_id: str) -> str:
-    conn = libvirt.open(TEST_URI)
-    try:
-        return str(conn.lookupByUUIDString(vm_id).XMLDesc(0))
-    finally:
-        conn.close()
 
 
 def test_example_hooks_shape_the_started_domain(agent: Any) -> None:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from support import deny_hook_listing
 
 from hookvisor.hooks import runner as runner_mod
 from hookvisor.hooks.runner import HookRunner
@@ -380,19 +381,7 @@ def test_unreadable_event_dir_fails_the_chain(hooks_dir: Path, make_runner: Make
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     write_hook(hooks_dir, EV, "10_guard", sh("exit 0\n"))
 
-    from hookvisor.hooks import discovery
-
-    class DeniedOs:
-        """os for discovery only (running as root, chmod 000 would not stop a read)."""
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(os, name)
-
-        @staticmethod
-        def scandir(path: object) -> object:
-            raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(discovery, "os", DeniedOs())
+    deny_hook_listing(monkeypatch)
     result = make_runner(records=True).run(EV, DOMAIN)
     assert result.vetoed and "cannot list" in result.message()
     assert "Permission denied" in result.message()

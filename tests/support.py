@@ -1,0 +1,62 @@
+"""Helpers shared by test modules (importable: tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import libvirt
+import pytest
+
+TEST_URI = "test:///default"
+
+
+def live_xml(vm_id: str, uri: str = TEST_URI) -> str:
+    """The domain's XML as libvirt has it now."""
+    conn = libvirt.open(uri)
+    try:
+        return str(conn.lookupByUUIDString(vm_id).XMLDesc(0))
+    finally:
+        conn.close()
+
+
+def domain_exists(vm_id: str, uri: str = TEST_URI) -> bool:
+    conn = libvirt.open(uri)
+    try:
+        conn.lookupByUUIDString(vm_id)
+        return True
+    except libvirt.libvirtError:
+        return False
+    finally:
+        conn.close()
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, step: float = 0.05) -> Any:
+    """The predicate's first truthy value; AssertionError if none comes in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def deny_hook_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every hook directory unreadable to discovery.
+
+    Running as root, chmod 000 would not stop a read: the engine's `os` is
+    replaced for discovery only.
+    """
+    from hookvisor.hooks import discovery
+
+    class DeniedOs:
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        @staticmethod
+        def scandir(path: object) -> object:
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(discovery, "os", DeniedOs())
