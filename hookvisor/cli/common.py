@@ -22,11 +22,11 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
     return load_settings(getattr(args, "config", None), merged)
 
 
-def parse_assignment(text: str, what: str) -> tuple[str, str]:
-    """'NAME=VALUE' -> (NAME, VALUE); raises UsageError naming the option."""
+def parse_assignment(text: str, what: str, form: str = "NAME=VALUE") -> tuple[str, str]:
+    """'NAME=VALUE' -> (NAME, VALUE); raises UsageError naming the option and its `form`."""
     name, sep, value = text.partition("=")
     if not sep or not name:
-        raise UsageError(f"{what}: expected NAME=VALUE, got {text!r}")
+        raise UsageError(f"{what}: expected {form}, got {text!r}")
     return name, value
 
 

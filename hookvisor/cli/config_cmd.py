@@ -132,9 +132,7 @@ def run_config(args: argparse.Namespace) -> int:
 
 
 def _set(reg: PropertyRegistry, assignment: str, cver: str | None) -> int:
-    key, sep, value = assignment.partition("=")
-    if not sep:
-        raise UsageError(f"-s: expected KEY=VALUE, got {assignment!r}")
+    key, value = parse_assignment(assignment, "-s", "KEY=VALUE")
     _known_key(key)
     if cver is None:
         # As engine-config: a versioned key needs its version said out loud,

@@ -16,7 +16,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from hookvisor.cli.common import UsageError, add_global_options, settings_from_args
+from hookvisor.cli.common import (
+    UsageError,
+    add_global_options,
+    parse_assignment,
+    settings_from_args,
+)
 from hookvisor.config import Settings
 
 log = logging.getLogger("hookvisor.serve")
@@ -54,10 +59,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.event_timeout:
         timeouts = {}
         for item in args.event_timeout:
-            name, sep, value = item.partition("=")
+            name, value = parse_assignment(item, "--event-timeout", "EVENT=SECONDS")
             try:
-                if not sep or not name:
-                    raise ValueError
                 timeouts[name] = float(value)
             except ValueError:
                 raise UsageError(f"--event-timeout {item!r}: expected EVENT=SECONDS") from None
