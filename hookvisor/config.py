@@ -35,13 +35,66 @@ class Settings:
     event_timeouts: dict[str, float] = field(default_factory=dict)
     hook_history_limit: int = 10_000
 
+    # --- trust boundary (SPEC §1 "Who runs a hook", §4 "Transport and trust") ---
+    # Plain TCP instead of mutual TLS on `listen`; only when the operator says so.
+    insecure: bool = False
+    # PKI laid out as VDSM's /etc/pki/vdsm: CA certificate, host certificate and key.
+    pki_dir: Path = Path("/etc/pki/hookvisor")
+    ca_cert: Path | None = None  # default <pki_dir>/certs/cacert.pem
+    host_cert: Path | None = None  # default <pki_dir>/certs/hostcert.pem
+    host_key: Path | None = None  # default <pki_dir>/keys/hostkey.pem
+    # Local clients: a Unix socket (default <run_dir>/hookvisor.sock) whose peer
+    # must be root, the agent's own user, or a member of `api_group`.
+    unix_socket: Path | None = None
+    api_group: str = "hookvisor-api"
+    # Hooks run as this user (root only for before_vdsm_start/after_vdsm_stop).
+    hook_user: str = "hookvisor"
+    # Files a client-supplied domain may name (disks, serial/console logs, kernel...).
+    storage_dirs: tuple[Path, ...] = (Path("/var/lib/hookvisor/images"),)
+    # Let a client's own `xml` carry <qemu:commandline> (hooks always may).
+    allow_client_qemu_args: bool = False
 
-_PATH_FIELDS = {"hooks_dir", "state_dir", "run_dir"}
+    # --- bounds on what a client or a hook can send ---
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_reply_bytes: int = 32 * 1024 * 1024
+    max_nesting: int = 32
+    max_string_bytes: int = 4 * 1024 * 1024
+    max_int_digits: int = 20
+    max_vm_name: int = 255
+    hook_output_cap: int = 64 * 1024
+    hook_diff_cap: int = 256 * 1024
+    hook_runs_page: int = 500  # most records one getHookRuns reply carries
+    hook_runs_reply_bytes: int = 4 * 1024 * 1024
+
+    # --- connections and shutdown ---
+    workers: int = 16
+    max_connections: int = 1024
+    read_timeout: float = 30.0  # a request started must arrive whole within this
+    idle_timeout: float = 120.0  # a keep-alive connection with no request is closed
+    shutdown_timeout: float = 30.0
+    # libvirt reconnect backoff, seconds: first try, then doubling up to the max.
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+
+    def pki_paths(self) -> tuple[Path, Path, Path]:
+        """(CA certificate, host certificate, host key), defaults under pki_dir."""
+        return (self.ca_cert or self.pki_dir / "certs" / "cacert.pem",
+                self.host_cert or self.pki_dir / "certs" / "hostcert.pem",
+                self.host_key or self.pki_dir / "keys" / "hostkey.pem")
+
+    def socket_path(self) -> Path:
+        return self.unix_socket or self.run_dir / "hookvisor.sock"
+
+
+_PATH_FIELDS = {"hooks_dir", "state_dir", "run_dir", "pki_dir", "ca_cert", "host_cert",
+                "host_key", "unix_socket"}
 _ENV = {
     "state_dir": "HOOKVISOR_STATE_DIR",
     "run_dir": "HOOKVISOR_RUN_DIR",
     "hooks_dir": "HOOKVISOR_HOOKS_DIR",
     "libvirt_uri": "HOOKVISOR_LIBVIRT_URI",
+    "pki_dir": "HOOKVISOR_PKI_DIR",
+    "unix_socket": "HOOKVISOR_SOCKET",
 }
 
 
@@ -51,6 +104,18 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if name in _PATH_FIELDS:
             return Path(str(value))
+        if name == "storage_dirs":
+            if isinstance(value, str):
+                value = [v for v in value.split(":") if v]
+            if not isinstance(value, list | tuple):
+                raise TypeError("expected a list of directories")
+            return tuple(Path(str(v)) for v in value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                return value.lower() in ("true", "1")
+            raise TypeError("expected true or false")
         if kind == "float":
             return float(value)
         if kind == "int":
