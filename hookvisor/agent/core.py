@@ -73,30 +73,26 @@ class Agent:
         self._events.shutdown(wait=True)
         self.ctx.host.close()
 
-    def _ready(self) -> None:
+    def check_ready(self) -> None:
+        """Raise the VDSM error a VM verb gets while the agent cannot serve it."""
         if self._recovering:
             raise VdsmError(Code.RECOVERY, "the agent is recovering its VMs; retry shortly")
 
     # --- verbs ----------------------------------------------------------------
 
     def create(self, params: Any) -> dict[str, Any]:
-        self._ready()
         return lifecycle.create(self.ctx, params)
 
     def destroy(self, vm_id: Any) -> dict[str, Any]:
-        self._ready()
         return lifecycle.destroy(self.ctx, vm_id)
 
     def pause(self, vm_id: Any) -> dict[str, Any]:
-        self._ready()
         return lifecycle.pause(self.ctx, vm_id)
 
     def cont(self, vm_id: Any) -> dict[str, Any]:
-        self._ready()
         return lifecycle.cont(self.ctx, vm_id)
 
     def list_vms(self, full: Any = False, vm_list: Any = None) -> list[dict[str, Any]]:
-        self._ready()
         if vm_list is not None and not isinstance(vm_list, list | tuple):
             raise VdsmError(Code.GENERAL, f"vmList: expected a list of vmIds, got {vm_list!r}")
         wanted = set(vm_list or ())
@@ -104,11 +100,9 @@ class Agent:
         return [v.full() if full else v.summary() for v in vms]
 
     def get_vm_stats(self, vm_id: Any) -> list[dict[str, Any]]:
-        self._ready()
         return reports.get_vm_stats(self.ctx, vm_id)
 
     def get_all_vm_stats(self) -> list[dict[str, Any]]:
-        self._ready()
         return reports.get_all_vm_stats(self.ctx)
 
     def get_vds_capabilities(self) -> dict[str, Any]:

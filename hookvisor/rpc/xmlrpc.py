@@ -14,40 +14,16 @@ import logging
 import socket
 import socketserver
 import time
-from collections.abc import Callable
 from typing import Any
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 from hookvisor.agent.core import Agent
 from hookvisor.errors import CODE_NAMES, Code, VdsmError
+from hookvisor.rpc.verbs import NOT_BUILT, verb_table
 
 log = logging.getLogger("hookvisor.rpc")
 
-# Verbs of SPEC §4 this agent does not do yet: `noimpl`, never a traceback.
-NOT_BUILT = frozenset({
-    "hibernate", "migrate", "migrationCreate", "migrateStatus", "hotplugNic",
-    "hotunplugNic", "hotplugDisk", "hotunplugDisk", "vmUpdateDevice", "setupNetworks",
-})
-
-_CHANGES = frozenset({"create", "destroy", "pause", "cont"})
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
-
-
-def verbs(agent: Agent) -> dict[str, tuple[str | None, Callable[..., Any]]]:
-    """VDSM verb -> (payload key in the reply, or None for none; the agent method)."""
-    return {
-        "create": ("vmList", agent.create),
-        "destroy": (None, agent.destroy),
-        "pause": (None, agent.pause),
-        "cont": (None, agent.cont),
-        "list": ("vmList", agent.list_vms),
-        "getVmStats": ("statsList", agent.get_vm_stats),
-        "getAllVmStats": ("statsList", agent.get_all_vm_stats),
-        "getVdsCapabilities": ("info", agent.get_vds_capabilities),
-        "getVdsStats": ("info", agent.get_vds_stats),
-        "getHookRuns": ("hookRuns", agent.get_hook_runs),
-        "getCustomPropertyDefinitions": ("definitions", agent.get_custom_property_definitions),
-    }
 
 
 def status(code: Code, message: str) -> dict[str, Any]:
@@ -96,9 +72,10 @@ def _arity(sig: inspect.Signature) -> tuple[int, int]:
 
 class Dispatcher:
     def __init__(self, agent: Agent) -> None:
-        self._verbs = verbs(agent)
-        self._signatures = {name: inspect.signature(func)
-                            for name, (_, func) in self._verbs.items()}
+        self._agent = agent
+        self._verbs = verb_table(agent)
+        self._signatures = {name: inspect.signature(verb.handler)
+                            for name, verb in self._verbs.items()}
         # XML-RPC passes arguments by position only, so a count in range always
         # binds: the signature is only asked when it does not, for its message.
         self._arity = {name: _arity(sig) for name, sig in self._signatures.items()}
@@ -108,7 +85,8 @@ class Dispatcher:
         reply = self._call(method, params)
         code = reply["status"]["code"]
         # Changes at info, reports (polled often) at debug.
-        level = logging.INFO if method in _CHANGES or code else logging.DEBUG
+        verb = self._verbs.get(method)
+        level = logging.INFO if (verb is not None and verb.changes) or code else logging.DEBUG
         log.log(level, "rpc %s -> %s %d (%.3fs)", method, CODE_NAMES.get(Code(code), code),
                 code, time.monotonic() - started)
         return reply
@@ -117,7 +95,7 @@ class Dispatcher:
         if method not in self._verbs:
             what = "not implemented yet" if method in NOT_BUILT else "unknown verb"
             return status(Code.NOIMPL, f"{method}: {what}")
-        key, func = self._verbs[method]
+        verb = self._verbs[method]
         low, high = self._arity[method]
         if not low <= len(params) <= high:
             try:
@@ -125,7 +103,9 @@ class Dispatcher:
             except TypeError as e:
                 return status(Code.GENERAL, f"{method}: bad arguments: {e}")
         try:
-            payload = func(*params)
+            if verb.gated:
+                self._agent.check_ready()
+            payload = verb.handler(*params)
         except VdsmError as e:
             if e.code in (Code.HOOK_ERROR, Code.CREATE_ERR, Code.DESTROY_ERR):
                 log.warning("rpc %s: %s", method, e)
@@ -135,8 +115,8 @@ class Dispatcher:
             return status(Code.UNEXPECTED, f"{method}: unexpected error: "
                           f"{type(e).__name__}: {e}")
         reply = status(Code.DONE, "Done")
-        if key is not None:
-            reply[key] = xmlrpc_safe(payload)
+        if verb.reply_key is not None:
+            reply[verb.reply_key] = xmlrpc_safe(payload)
         return reply
 
 

@@ -1,0 +1,51 @@
+"""The one table of API verbs: what every transport and every metric is driven by.
+
+A verb is its VDSM name, the agent method that serves it, whether the agent
+must be ready for it (recovery done, libvirt reachable) and the key its
+payload travels under in the reply. A transport (XML-RPC today, VDSM's
+JSON-RPC over STOMP next) looks verbs up here and never names one itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hookvisor.agent.core import Agent
+
+# Verbs of SPEC §4 not built yet: `noimpl`, never a traceback.
+NOT_BUILT = frozenset({
+    "hibernate", "migrate", "migrationCreate", "migrateStatus", "hotplugNic",
+    "hotunplugNic", "hotplugDisk", "hotunplugDisk", "vmUpdateDevice", "setupNetworks",
+})
+
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    handler: Callable[..., Any]
+    # Refused (recovery 99 / unavail 40) until the agent is ready for VM work.
+    gated: bool
+    # Key of the payload in the reply; None: the reply is the status alone.
+    reply_key: str | None
+    # Changes state (logged at INFO); reports are polled often (DEBUG).
+    changes: bool = False
+
+
+def verb_table(agent: Agent) -> dict[str, Verb]:
+    table = (
+        Verb("create", agent.create, True, "vmList", changes=True),
+        Verb("destroy", agent.destroy, True, None, changes=True),
+        Verb("pause", agent.pause, True, None, changes=True),
+        Verb("cont", agent.cont, True, None, changes=True),
+        Verb("list", agent.list_vms, True, "vmList"),
+        Verb("getVmStats", agent.get_vm_stats, True, "statsList"),
+        Verb("getAllVmStats", agent.get_all_vm_stats, True, "statsList"),
+        Verb("getVdsCapabilities", agent.get_vds_capabilities, False, "info"),
+        Verb("getVdsStats", agent.get_vds_stats, False, "info"),
+        Verb("getHookRuns", agent.get_hook_runs, False, "hookRuns"),
+        Verb("getCustomPropertyDefinitions", agent.get_custom_property_definitions, False,
+             "definitions"),
+    )
+    return {v.name: v for v in table}
