@@ -56,7 +56,10 @@ class Agent:
         # Event follow-ups run hooks and take VM locks: never on libvirt's event thread.
         self._events = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vm-events")
         self._closed = threading.Event()
+        # Set while libvirt is lost and until the VMs are reconciled after it is back.
+        self._stale = threading.Event()
         host.on_lifecycle(self._on_lifecycle, _WATCHED)
+        host.on_connection(self._on_connection)
 
     # --- start and stop -------------------------------------------------------
 
@@ -77,6 +80,12 @@ class Agent:
         """Raise the VDSM error a VM verb gets while the agent cannot serve it."""
         if self._recovering:
             raise VdsmError(Code.RECOVERY, "the agent is recovering its VMs; retry shortly")
+        if self._stale.is_set():
+            why = self.ctx.host.unavailable()
+            if not why:
+                why = (f"libvirt connection to {self.ctx.host.uri} restored; "
+                       "reconciling the VMs with libvirt, retry shortly")
+            raise VdsmError(Code.UNAVAIL, why)
 
     # --- verbs ----------------------------------------------------------------
 
@@ -166,9 +175,39 @@ class Agent:
                 log.info("VM %s: %s -> %s (outside the agent)", vm.vm_id, vm.status, status)
                 vm.status = status
 
+    def _on_connection(self, connected: bool) -> None:
+        """On libvirt's event thread or the reconnect thread: only flag and hand over."""
+        if not connected:
+            self._stale.set()
+            return
+        if self._closed.is_set():
+            return
+        with contextlib.suppress(RuntimeError):  # shutting down
+            self._events.submit(self._reconcile)
+
+    def _reconcile(self) -> None:
+        """libvirt is back: match the VMs with what it runs now, then lift the gate."""
+        try:
+            died, adopted = recovery.reconcile(self.ctx, self._gone)
+        except HostError as e:
+            # Lost again: the next reconnect reconciles; the gate stays.
+            log.warning("reconcile after reconnect failed: %s", e)
+            return
+        if self.ctx.host.connected:
+            self._stale.clear()
+            log.info("reconciled with libvirt: %d VM(s) died meanwhile, %d adopted",
+                     died, adopted)
+
+    def _gone(self, vm: Vm) -> None:
+        """Under vm.lock: the domain vanished while the agent could not watch it."""
+        self._down(vm, "stopped while the libvirt connection was lost (reason unknown)", True)
+
     def _died(self, vm: Vm, event: int, detail: int) -> None:
         """The VM stopped without the agent: Down, after_ destroy hooks once, kept listed."""
         reason, abnormal = stop_reason(event, detail)
+        self._down(vm, reason, abnormal)
+
+    def _down(self, vm: Vm, reason: str, abnormal: bool) -> None:
         vm.status = DOWN
         vm.exit_code = 1 if abnormal else 0
         vm.exit_message = reason

@@ -1,4 +1,5 @@
-"""Adopting, at agent start, the domains libvirt runs that carry the agent's metadata.
+"""Adopting, at agent start, the domains libvirt runs that carry the agent's metadata;
+and reconciling the agent's VMs with libvirt after a lost connection comes back.
 
 Start hooks are not run again: those VMs were started (and hooked) by an
 earlier agent process. Domains without our metadata are not ours; left alone.
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 
 from hookvisor.agent.context import Context
-from hookvisor.agent.vm import Vm, status_from_libvirt
+from hookvisor.agent.vm import DOWN, WAIT_FOR_LAUNCH, Vm, status_from_libvirt
 from hookvisor.errors import VdsmError
 from hookvisor.virt import domain_xml as dx
-from hookvisor.virt.host import HostError
+from hookvisor.virt.host import DomainInfo, HostError
 
 log = logging.getLogger("hookvisor.agent")
 
@@ -25,8 +27,15 @@ def recover(ctx: Context) -> int:
     except HostError as e:
         log.error("recovery: cannot list libvirt domains: %s", e)
         return 0
+    return adopt(ctx, domains)
+
+
+def adopt(ctx: Context, domains: Iterable[DomainInfo]) -> int:
+    """Add to the registry the domains carrying our metadata that it lacks."""
     adopted = 0
     for dom in domains:
+        if ctx.registry.find(dom.uuid) is not None:
+            continue
         try:
             meta = dx.get_metadata(dom.xml)
         except dx.DomainXmlError:
@@ -52,3 +61,55 @@ def recover(ctx: Context) -> int:
         adopted += 1
         log.info("recovery: adopted VM %s (%s), %s", vm.vm_id, vm.name, vm.status)
     return adopted
+
+
+def reconcile(ctx: Context, gone: Callable[[Vm], None]) -> tuple[int, int]:
+    """After a reconnect: (VMs found dead, domains adopted).
+
+    A VM libvirt no longer runs is handed to `gone` under its lock (which makes
+    it Down and runs its after_ destroy hooks); one still running takes the
+    status libvirt reports; a domain of ours the agent does not know is adopted.
+    HostError if the connection is lost again meanwhile (nothing half-judged:
+    the list is read whole before any VM is touched).
+    """
+    domains = ctx.host.active_domains()
+    by_uuid = {d.uuid: d for d in domains}
+    died = 0
+    for vm in ctx.registry.all():
+        with vm.lock:
+            # Down already, or a verb of the agent is on it (a create's domain may
+            # not be listed yet): not ours to judge.
+            if vm.removed or vm.stopping or vm.status in (DOWN, WAIT_FOR_LAUNCH):
+                continue
+            dom = by_uuid.get(vm.vm_id)
+            if dom is not None:
+                status = status_from_libvirt(dom.state, dom.reason)
+            else:
+                # Not listed: maybe started after the list was read (a create that
+                # held this lock); libvirt has the last word.
+                try:
+                    status = status_from_libvirt(*ctx.host.state(vm.vm_id))
+                except HostError as e:
+                    if not e.no_domain:
+                        raise
+                    status = DOWN
+            if status == DOWN:
+                gone(vm)
+                died += 1
+            elif status != vm.status:
+                log.info("VM %s: %s -> %s (while libvirt was away)", vm.vm_id, vm.status,
+                         status)
+                vm.status = status
+    # A domain listed then destroyed by a verb in flight is no longer ours to adopt.
+    return died, adopt(ctx, [d for d in domains if ctx.registry.find(d.uuid) is None
+                             and _still_there(ctx, d.uuid)])
+
+
+def _still_there(ctx: Context, uuid: str) -> bool:
+    try:
+        ctx.host.state(uuid)
+    except HostError as e:
+        if e.no_domain:
+            return False
+        raise
+    return True

@@ -15,6 +15,8 @@ import hookvisor
 from hookvisor.agent.context import Context
 from hookvisor.agent.hookcalls import SUPPORTED_EVENTS
 from hookvisor.agent.vm import DOWN, PAUSED, Vm
+from hookvisor.errors import Code, VdsmError
+from hookvisor.virt.host import HostError
 
 log = logging.getLogger("hookvisor.agent")
 
@@ -91,7 +93,12 @@ def _replace(event: str, original: Any, replaced: Any) -> Any:
 
 def _report(ctx: Context, name: str, build: Any, vm: Vm | None = None) -> Any:
     ctx.hooks.run_json(f"before_{name}", {}, vm=vm)
-    result = build()
+    try:
+        result = build()
+    except HostError as e:
+        # The connection went between the gate and the call (or the verb has no gate).
+        code = Code.UNAVAIL if e.disconnected else Code.GENERAL
+        raise VdsmError(code, f"{name}: {e}") from None
     return _replace(f"after_{name}", result, ctx.hooks.run_json(f"after_{name}", result, vm=vm))
 
 
@@ -127,6 +134,26 @@ def _meminfo_mib() -> dict[str, int]:
     return out
 
 
+def _libvirt_state(ctx: Context) -> dict[str, Any]:
+    state = ctx.host.connection()
+    return {
+        "uri": state.uri,
+        "connected": state.connected,
+        "since": round(state.since, 3),  # epoch seconds of the last change
+        "cause": state.cause,
+        "lastError": state.last_error,
+        "reconnects": state.reconnects,
+    }
+
+
+def _record_failures(ctx: Context) -> dict[str, Any]:
+    """Hook run records that could not be written, as the engine counts them."""
+    runner = ctx.hooks.runner
+    failures = getattr(runner, "record_failures", getattr(runner, "records_failures", 0))
+    last = getattr(runner, "record_last_error", getattr(runner, "records_last_error", ""))
+    return {"hookRecordFailures": int(failures or 0), "hookRecordLastError": str(last or "")}
+
+
 def get_vds_stats(ctx: Context, started_at: float) -> dict[str, Any]:
     def build() -> dict[str, Any]:
         vms = ctx.registry.all()
@@ -140,6 +167,8 @@ def get_vds_stats(ctx: Context, started_at: float) -> dict[str, Any]:
             "memAvailable": mem.get("MemAvailable", 0),
             "cpuLoad": f"{os.getloadavg()[0]:.2f}",
             "elapsedTime": str(int(time.time() - started_at)),
+            "libvirt": _libvirt_state(ctx),
+            **_record_failures(ctx),
         }
 
     result: dict[str, Any] = _report(ctx, "get_stats", build)

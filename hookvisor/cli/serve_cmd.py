@@ -22,6 +22,8 @@ from hookvisor.cli.common import (
     parse_assignment,
     settings_from_args,
 )
+from hookvisor.cli.sdnotify import Notifier
+from hookvisor.cli.startup import unwritable_dir
 from hookvisor.config import Settings
 
 log = logging.getLogger("hookvisor.serve")
@@ -104,12 +106,15 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     from hookvisor.virt.host import Host, HostError
 
     stop = stop or threading.Event()
+    notifier = Notifier()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, _frame: _request_stop(stop, signum))
+    problem = unwritable_dir(settings)
+    if problem is not None:
+        log.error("cannot start: %s", problem)
+        return 1
     try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        settings.run_dir.mkdir(parents=True, exist_ok=True)
         records = RunRecords(settings.state_dir / "hookruns.sqlite",
                              limit=settings.hook_history_limit)
         props = PropertyRegistry(settings.state_dir / "properties.sqlite",
@@ -124,7 +129,8 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     # VDSM only logs a failing before_vdsm_start; so do we (the engine records it).
     hooks.run("before_vdsm_start")
     try:
-        host = Host(settings.libvirt_uri, settings.domain_type)
+        host = Host(settings.libvirt_uri, settings.domain_type, settings.reconnect_min,
+                    settings.reconnect_max)
     except HostError as e:
         log.error("cannot start: %s", e)
         hooks.run("after_vdsm_stop")
@@ -144,10 +150,12 @@ def serve(settings: Settings, ready: threading.Event | None = None,
              settings.libvirt_uri, host.domain_type, settings.hooks_dir)
     adopted = agent.recover()
     log.info("ready: %d VM(s) recovered", adopted)
+    notifier.notify("READY=1", f"STATUS=ready, {adopted} VM(s) recovered")
     if ready is not None:
         ready.set()
     while not stop.wait(0.5):
         pass
+    notifier.notify("STOPPING=1", "STATUS=stopping: finishing requests in flight")
     log.info("stopping: finishing requests in flight")
     server.shutdown()
     server.server_close()  # joins the request threads

@@ -10,7 +10,9 @@ import contextlib
 import logging
 import os
 import platform
+import random
 import threading
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -59,11 +61,14 @@ _STATS = (
 
 
 class HostError(Exception):
-    """A libvirt call failed; `no_domain` says the domain was not there."""
+    """A libvirt call failed: `no_domain`, no such domain; `disconnected`, no libvirtd."""
 
-    def __init__(self, message: str, no_domain: bool = False) -> None:
+    def __init__(self, message: str, no_domain: bool = False,
+                 disconnected: bool = False) -> None:
         super().__init__(message)
         self.no_domain = no_domain
+        # The connection to libvirtd is down (the message says since when and why).
+        self.disconnected = disconnected
 
 
 @dataclass(frozen=True)
@@ -111,34 +116,210 @@ def choose_domain_type(driver: str, setting: str) -> str:
     return "kvm" if _kvm_usable() else "qemu"
 
 
-def _wrap(e: libvirt.libvirtError) -> HostError:
-    code = e.get_error_code()
-    return HostError(str(e), no_domain=code == libvirt.VIR_ERR_NO_DOMAIN)
+# Error codes a dead connection raises; they also mean other things, so a call
+# that gets one asks the connection whether it is still alive before giving up on it.
+_LOSS_CODES = frozenset({
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_INTERNAL_ERROR,
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_INVALID_CONN,
+})
+
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "connection error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "libvirtd closed the connection",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout",
+}
+
+
+@dataclass(frozen=True)
+class ConnectionState:
+    """The libvirt connection as getVdsStats reports it."""
+
+    uri: str
+    connected: bool
+    since: float  # wall-clock time of the last change (connected or lost)
+    cause: str  # why it was lost; "" while connected since start
+    last_error: str  # the last failed reconnect attempt, or the cause of the loss
+    reconnects: int  # successful reconnections since the agent started
 
 
 class Host:
-    def __init__(self, uri: str, domain_type: str = "auto") -> None:
+    """One libvirt connection, replaced whole when it is lost.
+
+    On a loss (close callback, or a call failing on a dead connection) the
+    Host says so in every HostError and a thread reopens the connection with
+    backoff, then registers the same event callbacks on the new one. The
+    connection, its state and the kept domain handles change together under
+    `_lock`, so a call sees either the old connection or the new, never a mix.
+    """
+
+    def __init__(self, uri: str, domain_type: str = "auto", reconnect_min: float = 0.5,
+                 reconnect_max: float = 30.0) -> None:
         _ensure_event_loop()
         self.uri = uri
+        self.reconnect_min = max(0.01, reconnect_min)
+        self.reconnect_max = max(self.reconnect_min, reconnect_max)
         try:
-            self._conn = libvirt.open(uri)
+            conn = libvirt.open(uri)
         except libvirt.libvirtError as e:
             raise HostError(f"cannot connect to libvirt at {uri}: {e}") from None
-        self.driver = self._conn.getType()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._conn: Any = conn
+        self._connected = True
+        self._since = time.time()
+        self._lost_at = 0.0  # monotonic, for "lost 3.2s ago"
+        self._cause = ""
+        self._last_error = ""
+        self._reconnects = 0
+        self._reconnector: threading.Thread | None = None
+        # Lifecycle relays, registered again on every new connection.
+        self._relays: list[Callable[..., None]] = []
+        self._event_ids: list[int] = []
+        self._listeners: list[Callable[[bool], None]] = []
+        self.driver = conn.getType()
         self.domain_type = choose_domain_type(self.driver, domain_type)
         self.arch = platform.machine() or "x86_64"
-        self._callback_id: int | None = None
         # Handles of the domains started here, by UUID: the calls that follow a
         # start need no lookup (a round trip to libvirtd on a real host). Drivers
-        # resolve a handle by its UUID, so one stays good as long as a lookup would.
+        # resolve a handle by its UUID, so one stays good as long as a lookup would;
+        # they belong to one connection and are dropped with it.
         self._doms: dict[str, Any] = {}
-        self._conn.registerCloseCallback(self._closed, None)
+        self._watch_close(conn)
 
-    @staticmethod
-    def _closed(_conn: Any, reason: int, _opaque: Any) -> None:
-        # No reconnection yet: say it loudly, the operator restarts the agent.
-        if reason != libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
-            log.error("libvirt connection lost (reason %d); restart the agent", reason)
+    # --- the connection -------------------------------------------------------
+
+    def _watch_close(self, conn: Any) -> None:
+        def closed(_conn: Any, reason: int, _opaque: Any) -> None:
+            if reason == libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
+                return  # we closed it
+            self._lost(conn, _CLOSE_REASONS.get(reason, f"closed (reason {reason})"))
+
+        conn.registerCloseCallback(closed, None)
+
+    def on_connection(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(False)` when the connection is lost, `listener(True)` once a
+        new one is up with the event callbacks registered. Keep it short: it runs on
+        libvirt's event thread or the reconnect thread."""
+        self._listeners.append(listener)
+
+    def connection(self) -> ConnectionState:
+        with self._lock:
+            return ConnectionState(self.uri, self._connected, self._since, self._cause,
+                                   self._last_error, self._reconnects)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def unavailable(self) -> str:
+        """Why libvirt cannot be used now (for `unavail` replies); "" when it can."""
+        with self._lock:
+            if self._connected:
+                return ""
+            ago = time.monotonic() - self._lost_at
+            text = f"libvirt connection to {self.uri} lost {ago:.1f}s ago: {self._cause}"
+            if self._last_error and self._last_error != self._cause:
+                text += f"; last attempt: {self._last_error}"
+            return text + "; reconnecting"
+
+    def _current(self) -> Any:
+        """The live connection, or the HostError that says why there is none."""
+        with self._lock:
+            if self._connected:
+                return self._conn
+        raise HostError(self.unavailable(), disconnected=True)
+
+    def _error(self, e: libvirt.libvirtError, conn: Any) -> HostError:
+        """The one place a libvirtError becomes a HostError; notices a dead connection."""
+        code = e.get_error_code()
+        if code in _LOSS_CODES or "client socket is closed" in str(e):
+            try:
+                alive = bool(conn.isAlive())
+            except libvirt.libvirtError:
+                alive = False
+            if not alive:
+                self._lost(conn, str(e))
+                with self._lock:
+                    if not self._connected or conn is self._conn:
+                        return HostError(self.unavailable() or str(e), disconnected=True)
+                return HostError(f"libvirt connection to {self.uri} was lost during the "
+                                 f"call ({e}); it is back now, retry", disconnected=True)
+        return HostError(str(e), no_domain=code == libvirt.VIR_ERR_NO_DOMAIN)
+
+    def _lost(self, conn: Any, cause: str) -> None:
+        with self._lock:
+            if conn is not self._conn or not self._connected:
+                return  # an old connection, or already known
+            self._connected = False
+            self._since = time.time()
+            self._lost_at = time.monotonic()
+            self._cause = cause
+            self._last_error = cause
+            self._doms.clear()
+            if not self._stop.is_set():
+                self._reconnector = threading.Thread(target=self._reconnect, args=(conn,),
+                                                     name="libvirt-reconnect", daemon=True)
+                self._reconnector.start()
+        log.error("libvirt connection to %s lost: %s; reconnecting", self.uri, cause)
+        self._tell(False)
+
+    def _tell(self, connected: bool) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(connected)
+            except Exception:
+                log.exception("libvirt connection listener failed")
+
+    def _register(self, conn: Any) -> list[int]:
+        self._watch_close(conn)
+        with self._lock:
+            relays = list(self._relays)
+        return [conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                            relay, None) for relay in relays]
+
+    def _reconnect(self, dead: Any) -> None:
+        """Until a new connection is up (or close()): open, with doubling backoff."""
+        with self._lock:
+            ids, self._event_ids = self._event_ids, []
+        _release(dead, ids)
+        delay = self.reconnect_min
+        while not self._stop.is_set():
+            try:
+                conn = libvirt.open(self.uri)
+                try:
+                    ids = self._register(conn)
+                except libvirt.libvirtError:
+                    _release(conn, [])
+                    raise
+            except libvirt.libvirtError as e:
+                with self._lock:
+                    self._last_error = str(e)
+                log.debug("libvirt reconnect to %s failed: %s", self.uri, e)
+                # Jitter: agents on many hosts do not all knock at once.
+                if self._stop.wait(delay + random.uniform(0, delay / 4)):
+                    return
+                delay = min(delay * 2, self.reconnect_max)
+                continue
+            with self._lock:
+                stopped = self._stop.is_set()
+                if not stopped:
+                    down_for = time.monotonic() - self._lost_at
+                    self._conn = conn
+                    self._event_ids = ids
+                    self._doms.clear()
+                    self._connected = True
+                    self._since = time.time()
+                    self._reconnects += 1
+                    self._reconnector = None
+            if stopped:
+                _release(conn, ids)
+                return
+            log.warning("libvirt connection to %s restored after %.1fs", self.uri, down_for)
+            self._tell(True)
+            return
 
     # --- events ---------------------------------------------------------------
 
@@ -146,7 +327,7 @@ class Host:
                      events: Collection[int] | None = None) -> None:
         """Call `callback(uuid, event, detail)` from the event thread; keep it short.
 
-        With `events`, only for those kinds.
+        With `events`, only for those kinds. Kept across reconnections.
         """
         wanted = None if events is None else frozenset(events)
 
@@ -159,35 +340,61 @@ class Host:
             except Exception:
                 log.exception("lifecycle event handler failed")
 
-        self._callback_id = self._conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, relay, None
-        )
+        with self._lock:
+            self._relays.append(relay)
+            if not self._connected:
+                return  # the reconnect registers it
+            conn = self._conn
+        # Not under the lock: a remote call, and the close callback may want the lock.
+        try:
+            callback_id = conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, relay, None)
+        except libvirt.libvirtError as e:
+            raise self._error(e, conn) from None
+        with self._lock:
+            if conn is self._conn:
+                self._event_ids.append(callback_id)
 
     def close(self) -> None:
-        self._doms.clear()
-        with contextlib.suppress(libvirt.libvirtError):
-            self._conn.unregisterCloseCallback()
-        if self._callback_id is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                self._conn.domainEventDeregisterAny(self._callback_id)
-            self._callback_id = None
-        with contextlib.suppress(libvirt.libvirtError):
-            self._conn.close()
+        """Stop reconnecting and let go of the connection (never waits on libvirtd)."""
+        self._stop.set()
+        with self._lock:
+            thread = self._reconnector
+            conn, ids = self._conn, self._event_ids
+            self._event_ids = []
+            self._doms.clear()
+            connected = self._connected
+            self._connected = False
+            self._cause = self._last_error = "the agent is stopping"
+        if thread is not None:
+            # It only waits on the stop event or in libvirt.open; a daemon thread.
+            thread.join(5)
+        if connected:
+            _release(conn, ids)
 
     # --- domains --------------------------------------------------------------
 
-    def _lookup(self, uuid: str) -> Any:
-        dom = self._doms.get(uuid)
+    def _lookup(self, uuid: str) -> tuple[Any, Any]:
+        """(connection, domain handle): the kept handle, else a lookup."""
+        with self._lock:
+            conn = self._current()
+            dom = self._doms.get(uuid)
         if dom is not None:
-            return dom
+            return conn, dom
         try:
-            return self._conn.lookupByUUIDString(uuid)
+            return conn, conn.lookupByUUIDString(uuid)
         except libvirt.libvirtError as e:
-            raise _wrap(e) from None
+            raise self._error(e, conn) from None
+
+    def _keep(self, conn: Any, uuid: str, dom: Any) -> None:
+        with self._lock:
+            if conn is self._conn and self._connected:  # not a handle of a dead connection
+                self._doms[uuid] = dom
 
     def forget(self, uuid: str) -> None:
         """The agent is done with this domain: drop its handle, if one is kept."""
-        self._doms.pop(uuid, None)
+        with self._lock:
+            self._doms.pop(uuid, None)
 
     def start(self, xml: str, paused: bool, uuid: str | None = None) -> str:
         """Start a transient domain (nothing left behind on failure); returns its live XML.
@@ -195,14 +402,15 @@ class Host:
         With `uuid` (the domain's), its handle is kept until destroy() or forget().
         """
         flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+        conn = self._current()
         try:
             try:
-                dom = self._conn.createXML(xml, flags)
+                dom = conn.createXML(xml, flags)
             except libvirt.libvirtError as e:
                 if not paused or e.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
                     raise
                 # The test driver has no START_PAUSED: start, then pause at once.
-                dom = self._conn.createXML(xml, 0)
+                dom = conn.createXML(xml, 0)
                 try:
                     dom.suspend()
                 except libvirt.libvirtError:
@@ -216,95 +424,113 @@ class Host:
                     dom.destroy()
                 raise
         except libvirt.libvirtError as e:
-            raise _wrap(e) from None
+            raise self._error(e, conn) from None
         if uuid is not None:
-            self._doms[uuid] = dom
+            self._keep(conn, uuid, dom)
         return live
 
     def xml(self, uuid: str) -> str:
+        conn, dom = self._lookup(uuid)
         try:
-            return str(self._lookup(uuid).XMLDesc(0))
+            return str(dom.XMLDesc(0))
         except libvirt.libvirtError as e:
-            raise _wrap(e) from None
+            raise self._error(e, conn) from None
 
     def state(self, uuid: str) -> tuple[int, int]:
+        conn, dom = self._lookup(uuid)
         try:
-            state, reason = self._lookup(uuid).state()
+            state, reason = dom.state()
             return int(state), int(reason)
         except libvirt.libvirtError as e:
-            raise _wrap(e) from None
+            raise self._error(e, conn) from None
 
     def suspend(self, uuid: str) -> None:
+        conn, dom = self._lookup(uuid)
         try:
-            self._lookup(uuid).suspend()
+            dom.suspend()
         except libvirt.libvirtError as e:
-            raise _wrap(e) from None
+            raise self._error(e, conn) from None
 
     def resume(self, uuid: str) -> None:
+        conn, dom = self._lookup(uuid)
         try:
-            self._lookup(uuid).resume()
+            dom.resume()
         except libvirt.libvirtError as e:
-            raise _wrap(e) from None
+            raise self._error(e, conn) from None
 
     def destroy(self, uuid: str) -> None:
         try:
-            self._lookup(uuid).destroy()
-        except libvirt.libvirtError as e:
-            error = _wrap(e)
+            conn, dom = self._lookup(uuid)
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as e:
+                raise self._error(e, conn) from None
+        except HostError as error:
             if error.no_domain:
                 self.forget(uuid)
-            raise error from None
+            raise
         self.forget(uuid)
 
     def active_domains(self) -> list[DomainInfo]:
         """Every running or paused domain, with its live XML (for recovery)."""
         out = []
+        conn = self._current()
         try:
-            doms = self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
         except libvirt.libvirtError as e:
-            raise _wrap(e) from None
+            raise self._error(e, conn) from None
         for dom in doms:
             try:
                 state, reason = dom.state()
                 out.append(DomainInfo(dom.UUIDString(), dom.name(), state, reason,
                                       dom.XMLDesc(0)))
-            except libvirt.libvirtError:
+            except libvirt.libvirtError as e:
+                error = self._error(e, conn)
+                if error.disconnected:
+                    raise error from None  # a partial list would read as deaths
                 continue  # gone while we looked
         return out
 
     def all_stats(self) -> dict[str, dict[str, Any]]:
         """One bulk getAllDomainStats call: {uuid: {libvirt stat key: value}}."""
+        conn = self._current()
         try:
-            records = self._conn.getAllDomainStats(
+            records = conn.getAllDomainStats(
                 _STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
             )
+            return {dom.UUIDString(): dict(stats) for dom, stats in records}
         except libvirt.libvirtError as e:
-            raise _wrap(e) from None
-        return {dom.UUIDString(): dict(stats) for dom, stats in records}
+            raise self._error(e, conn) from None
 
     def stats_for(self, uuids: list[str]) -> dict[str, dict[str, Any]]:
         """Bulk stats of the named domains (those that are gone are left out)."""
+        conn = self._current()
         doms = []
         for uuid in uuids:
             try:
-                doms.append(self._lookup(uuid))
-            except HostError:
+                dom_conn, dom = self._lookup(uuid)
+            except HostError as e:
+                if e.disconnected:
+                    raise
                 continue
+            if dom_conn is conn:
+                doms.append(dom)
         if not doms:
             return {}
         try:
-            records = self._conn.domainListGetStats(doms, _STATS, 0)
+            records = conn.domainListGetStats(doms, _STATS, 0)
+            return {dom.UUIDString(): dict(stats) for dom, stats in records}
         except libvirt.libvirtError as e:
-            raise _wrap(e) from None
-        return {dom.UUIDString(): dict(stats) for dom, stats in records}
+            raise self._error(e, conn) from None
 
     # --- host -----------------------------------------------------------------
 
     def host_info(self) -> dict[str, Any]:
+        conn = self._current()
         try:
-            model, mem_mib, cpus, mhz, nodes, sockets, cores, _threads = self._conn.getInfo()
+            model, mem_mib, cpus, mhz, nodes, sockets, cores, _threads = conn.getInfo()
             return {
-                "hostname": self._conn.getHostname(),
+                "hostname": conn.getHostname(),
                 "cpuModel": model,
                 "memSize": mem_mib,
                 "cpuThreads": cpus,
@@ -312,8 +538,19 @@ class Host:
                 "numaNodes": nodes,
                 "cpuSockets": sockets * nodes,
                 "cpuCores": cores * sockets * nodes,
-                "libvirtVersion": self._conn.getLibVersion(),
+                "libvirtVersion": conn.getLibVersion(),
                 "driver": self.driver,
             }
         except libvirt.libvirtError as e:
-            raise _wrap(e) from None
+            raise self._error(e, conn) from None
+
+
+def _release(conn: Any, event_ids: list[int]) -> None:
+    """Let go of a connection, dead or alive: nothing here may fail or wait long."""
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.unregisterCloseCallback()
+    for callback_id in event_ids:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.domainEventDeregisterAny(callback_id)
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
