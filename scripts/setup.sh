@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 # The daemon packages are what the qemu:///system tests and bench need.
 PKGS=(python3-venv python3-dev libvirt-dev pkg-config gcc libvirt-clients libvirt-daemon
       libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils)
+# systemd-analyze: the tests verify the shipped unit with it.
+PKGS+=(systemd)
 
 missing=()
 for p in "${PKGS[@]}"; do
