@@ -80,12 +80,13 @@ class Agent:
         """Raise the VDSM error a VM verb gets while the agent cannot serve it."""
         if self._recovering:
             raise VdsmError(Code.RECOVERY, "the agent is recovering its VMs; retry shortly")
-        if self._stale.is_set():
+        if not self.ctx.host.connected:
             why = self.ctx.host.unavailable()
-            if not why:
-                why = (f"libvirt connection to {self.ctx.host.uri} restored; "
-                       "reconciling the VMs with libvirt, retry shortly")
-            raise VdsmError(Code.UNAVAIL, why)
+            if why:
+                raise VdsmError(Code.UNAVAIL, why)
+        if self._stale.is_set():
+            raise VdsmError(Code.UNAVAIL, f"libvirt connection to {self.ctx.host.uri} "
+                            "restored; reconciling the VMs with libvirt, retry shortly")
 
     # --- verbs ----------------------------------------------------------------
 

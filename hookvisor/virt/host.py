@@ -169,6 +169,8 @@ class Host:
         self._stop = threading.Event()
         self._conn: Any = conn
         self._connected = True
+        # _conn while connected, else None: changed with _connected, under _lock.
+        self._usable: Any = conn
         self._since = time.time()
         self._lost_at = 0.0  # monotonic, for "lost 3.2s ago"
         self._cause = ""
@@ -227,10 +229,12 @@ class Host:
 
     def _current(self) -> Any:
         """The live connection, or the HostError that says why there is none."""
-        with self._lock:
-            if self._connected:
-                return self._conn
-        raise HostError(self.unavailable(), disconnected=True)
+        # One read, no lock: the calls of every verb pass here.
+        conn = self._usable
+        if conn is not None:
+            return conn
+        raise HostError(self.unavailable() or f"libvirt connection to {self.uri} lost",
+                        disconnected=True)
 
     def _error(self, e: libvirt.libvirtError, conn: Any) -> HostError:
         """The one place a libvirtError becomes a HostError; notices a dead connection."""
@@ -254,6 +258,7 @@ class Host:
             if conn is not self._conn or not self._connected:
                 return  # an old connection, or already known
             self._connected = False
+            self._usable = None
             self._since = time.time()
             self._lost_at = time.monotonic()
             self._cause = cause
@@ -311,6 +316,7 @@ class Host:
                     self._event_ids = ids
                     self._doms.clear()
                     self._connected = True
+                    self._usable = conn
                     self._since = time.time()
                     self._reconnects += 1
                     self._reconnector = None
@@ -365,6 +371,7 @@ class Host:
             self._doms.clear()
             connected = self._connected
             self._connected = False
+            self._usable = None
             self._cause = self._last_error = "the agent is stopping"
         if thread is not None:
             # It only waits on the stop event or in libvirt.open; a daemon thread.
@@ -376,9 +383,8 @@ class Host:
 
     def _lookup(self, uuid: str) -> tuple[Any, Any]:
         """(connection, domain handle): the kept handle, else a lookup."""
-        with self._lock:
-            conn = self._current()
-            dom = self._doms.get(uuid)
+        conn = self._current()
+        dom = self._doms.get(uuid)  # a dict read is atomic; a stale handle fails loudly
         if dom is not None:
             return conn, dom
         try:
