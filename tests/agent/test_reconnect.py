@@ -152,6 +152,11 @@ def test_host_reconnects_and_keeps_its_event_callbacks(relay: Relay) -> None:
         assert host.connection().connected
         assert host.driver.lower() == "test"
         relay.cut()
+        # At once, whether or not the close callback has run yet: a call on the
+        # dead connection is a HostError that says so.
+        with pytest.raises(HostError) as err:
+            host.active_domains()
+        assert err.value.disconnected and "lost" in str(err.value)
         wait_for(lambda: not host.connected)
         state = host.connection()
         assert not state.connected and state.cause and state.reconnects == 0
@@ -186,6 +191,19 @@ def test_close_stops_a_reconnect_loop(relay: Relay) -> None:
     closed.start()
     closed.join(10)
     assert not closed.is_alive()
+
+
+def test_sigterm_while_reconnecting(relay: Relay, dirs: Any, serve_process: Any) -> None:
+    dirs.hook("after_vdsm_stop", "50_mark", f"touch {dirs.root}/stopped\n")
+    config = dirs.root / "hookvisor.toml"
+    config.write_text("reconnect_min = 300\nreconnect_max = 600\n")
+    agent = serve_process(uri_of(relay), ["--config", str(config)])
+    relay.cut()
+    wait_for(lambda: agent.api.getVdsStats()["info"]["libvirt"]["connected"] is False)
+    assert agent.api.list()["status"]["code"] == Code.UNAVAIL
+    # A loop that did not wait on the stop would sleep 300 s: far past this guard.
+    assert agent.stop(timeout=60) == 0
+    assert (dirs.root / "stopped").exists()
 
 
 @pytest.fixture
