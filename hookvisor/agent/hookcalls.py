@@ -18,6 +18,16 @@ from hookvisor.hooks.runner import ChainResult
 
 log = logging.getLogger("hookvisor.hooks")
 
+
+class HookSetupError(VdsmError):
+    """A chain could not even start (its data file in the run dir could not be written)."""
+
+
+def describe_os_error(e: OSError) -> str:
+    """'Read-only file system: /run/hookvisor/x': the cause and the path, no errno noise."""
+    reason = e.strerror or str(e)
+    return f"{reason}: {e.filename}" if e.filename else reason
+
 # The events this agent runs (getVdsCapabilities reports them).
 SUPPORTED_EVENTS = (
     "before_vdsm_start",
@@ -90,13 +100,18 @@ class HookCalls:
             # What a chain of no scripts gives back, without a chain: nothing runs,
             # nothing is recorded, and no chain id or result is made per event.
             return data
-        result = self.runner.run(
-            event,
-            data,
-            vm_id=vm.vm_id if vm is not None else vm_id,
-            vm_props=vm.vm_props if vm is not None else None,
-            device_props=device_props,
-        )
+        try:
+            result = self.runner.run(
+                event,
+                data,
+                vm_id=vm.vm_id if vm is not None else vm_id,
+                vm_props=vm.vm_props if vm is not None else None,
+                device_props=device_props,
+            )
+        except OSError as e:
+            log.error("%s: cannot run its hooks: %s", event, describe_os_error(e))
+            raise HookSetupError(Code.HOOK_ERROR, f"{event}: cannot run its hooks: "
+                                 f"{describe_os_error(e)}") from None
         self._log(result)
         if result.vetoed:
             raise VdsmError(Code.HOOK_ERROR, result.message())

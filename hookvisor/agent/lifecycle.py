@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hookvisor.agent.context import Context
+from hookvisor.agent.hookcalls import HookSetupError, describe_os_error
 from hookvisor.agent.params import CreateRequest, parse_create
 from hookvisor.agent.vm import DOWN, PAUSED, UP, Vm
 from hookvisor.errors import Code, VdsmError
@@ -140,8 +141,14 @@ def _vm_start_hooks(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, 
 
 
 def _start(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, bool]:
-    xml, rekeyed = _device_hooks(ctx, vm, xml)
-    hooked, paused = _vm_start_hooks(ctx, vm, xml, paused)
+    try:
+        xml, rekeyed = _device_hooks(ctx, vm, xml)
+        hooked, paused = _vm_start_hooks(ctx, vm, xml, paused)
+    except HookSetupError as e:
+        raise VdsmError(Code.CREATE_ERR, e.message) from None
+    except OSError as e:  # the launch flags file, in the run dir
+        raise VdsmError(Code.CREATE_ERR, f"cannot prepare VM {vm.vm_id}: "
+                        f"{describe_os_error(e)}") from None
     if hooked != xml or rekeyed:
         try:
             # Ours again, whatever a hook did to it (and with re-keyed devices).

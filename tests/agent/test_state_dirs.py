@@ -106,3 +106,20 @@ def test_a_lost_record_is_counted_in_vds_stats(dirs: Any, serve_process: Any) ->
     assert info["hookRecordFailures"] >= 1
     assert "No space left on device" in info["hookRecordLastError"]
     assert "No space left on device" in agent.log()
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_a_run_dir_gone_read_only_is_create_err_naming_the_path(
+        dirs: Any, serve_process: Any, paused: bool) -> None:
+    dirs.hook("before_vm_start", "50_talk", "echo hello from the hook\n")
+    with tmpfs(dirs.run, "size=512k"):
+        agent = serve_process()
+        subprocess.run(["mount", "-o", "remount,ro", str(dirs.run)], check=True, timeout=30)
+        p = {"vmId": str(uuid.uuid4()), "vmName": "hvtest-rorun", "memSize": 64,
+             "launchPaused": paused}
+        reply = agent.api.create(p)
+        assert reply["status"]["code"] == 9, reply  # createErr
+        assert f"Read-only file system: {dirs.run}/" in reply["status"]["message"]
+        assert agent.api.list()["vmList"] == []  # nothing half-made is listed
+        assert agent.stop() == 0
+    assert "Traceback" not in agent.log()
