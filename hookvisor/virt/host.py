@@ -225,7 +225,8 @@ class Host:
             text = f"libvirt connection to {self.uri} lost {ago:.1f}s ago: {self._cause}"
             if self._last_error and self._last_error != self._cause:
                 text += f"; last attempt: {self._last_error}"
-            return text + "; reconnecting"
+            return text + ("; not reconnecting: the agent is stopping" if self._stop.is_set()
+                           else "; reconnecting")
 
     def _current(self) -> Any:
         """The live connection, or the HostError that says why there is none."""
@@ -372,7 +373,10 @@ class Host:
             connected = self._connected
             self._connected = False
             self._usable = None
-            self._cause = self._last_error = "the agent is stopping"
+            if connected:
+                self._cause = "closed by the agent"
+                self._since = time.time()
+                self._lost_at = time.monotonic()
         if thread is not None:
             # It only waits on the stop event or in libvirt.open; a daemon thread.
             thread.join(5)
