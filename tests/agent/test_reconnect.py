@@ -32,6 +32,8 @@ from hookvisor.virt import domain_xml as dx
 from hookvisor.virt.host import EVENT_STOPPED, Host, HostError
 from hookvisor.virt.spec import VmSpec
 
+pytestmark = pytest.mark.libvirtd
+
 LIBVIRT_SOCK = "/run/libvirt/libvirt-sock"
 
 
