@@ -35,7 +35,7 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
 
 def serve(dirs: Any, state: Path, run: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hookvisor.cli.main", "serve", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "hookvisor.cli.main", "serve",
          "--hooks-dir", str(dirs.hooks), "--state-dir", str(state), "--run-dir", str(run)],
         capture_output=True, text=True, timeout=60)
 
