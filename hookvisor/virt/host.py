@@ -317,3 +317,42 @@ class Host:
             }
         except libvirt.libvirtError as e:
             raise _wrap(e) from None
+
+    # --- limits a client's request is checked against (read once, then kept) ---
+    # Kept in __dict__ on first success (a failure is asked again next time).
+
+    def max_vcpus(self) -> int:
+        """Most vCPUs libvirt gives one domain of this host's domain type; 0 if unknown."""
+        if "_max_vcpus" not in self.__dict__:
+            try:
+                try:
+                    value = int(self._conn.getMaxVcpus(self.domain_type))
+                except libvirt.libvirtError:
+                    value = int(self._conn.getMaxVcpus(None))
+            except libvirt.libvirtError:
+                return 0
+            self.__dict__["_max_vcpus"] = value
+        return int(self.__dict__["_max_vcpus"])
+
+    def memory_mib(self) -> int:
+        """The host's memory in MiB (libvirt's node info); 0 if unknown."""
+        if "_memory_mib" not in self.__dict__:
+            try:
+                self.__dict__["_memory_mib"] = int(self._conn.getInfo()[1])
+            except libvirt.libvirtError:
+                return 0
+        return int(self.__dict__["_memory_mib"])
+
+    def emulators(self) -> frozenset[str]:
+        """The emulator binaries libvirt's capabilities list for this host."""
+        if "_emulators" not in self.__dict__:
+            import xml.etree.ElementTree as ET
+
+            try:
+                caps = ET.fromstring(self._conn.getCapabilities())
+            except (libvirt.libvirtError, ET.ParseError):
+                return frozenset()
+            self.__dict__["_emulators"] = frozenset(
+                e.text.strip() for e in caps.iter("emulator") if e.text)
+        found: frozenset[str] = self.__dict__["_emulators"]
+        return found
