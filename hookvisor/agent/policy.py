@@ -43,8 +43,10 @@ FIRMWARE_DIRS = (Path("/usr/share/OVMF"), Path("/usr/share/edk2"), Path("/usr/sh
 # Entropy sources a guest may read (rng backend model='random').
 _RNG_SOURCES = frozenset({"/dev/random", "/dev/urandom", "/dev/hwrng"})
 
-# Attributes whose value is a host path wherever they appear.
-_PATH_ATTRS = ("file", "dir", "path", "socket", "evdev", "rendernode", "tap", "vhost")
+# Attributes whose value is a host path wherever they appear...
+_PATH_ATTRS = ("file", "path", "socket", "evdev", "rendernode", "tap", "vhost")
+# ...and those that are one only on a <source> (<target dir> is a guest's mount tag).
+_SOURCE_ATTRS = ("dir",)
 # Elements whose text is a host path, as (parent tag, tag); None: any parent.
 _PATH_TEXTS = {("os", "kernel"), ("os", "initrd"), ("os", "dtb"), ("acpi", "table"),
                ("source", "path"), (None, "database"), ("source", "block"),
@@ -90,8 +92,7 @@ def path_problem(value: object, roots: tuple[str, ...], dirs: tuple[Path, ...]) 
         return "a path with a NUL byte"
     if not inside(value, roots):
         allowed = ", ".join(str(d) for d in dirs) or "none"
-        return (f"{_show(value)} is outside storage_dirs ({allowed}); "
-                "ask the operator to add its directory")
+        return f"{_show(value)} is outside storage_dirs ({allowed})"
     return None
 
 
@@ -157,7 +158,7 @@ def _check(elem: ET.Element, parents: list[str], walk: _Walk) -> None:
         return  # opaque to libvirt: applications' own data
     if _refused(elem, local, chain, walk):
         return
-    for attr in _PATH_ATTRS:
+    for attr in _PATH_ATTRS + (_SOURCE_ATTRS if local == "source" else ()):
         value = elem.get(attr)
         if not value:
             continue  # an empty source (a CD-ROM with no medium) opens nothing
