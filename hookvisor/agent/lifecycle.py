@@ -125,6 +125,7 @@ def _device_hooks(ctx: Context, vm: Vm, xml: str) -> tuple[str, bool]:
 
 def _run_dir_error(ctx: Context, vm: Vm, e: OSError) -> VdsmError:
     # The path the OS named (launch flags, a hook's data file), else the flags' dir.
+    # Every file create() writes is in the run dir; libvirt's failures are HostError.
     path = e.filename or launchflags.flags_dir(ctx.run_dir)
     return VdsmError(Code.CREATE_ERR, f"run dir: {path}: {e.strerror or e} "
                      f"(VM {vm.vm_id} not started)")
@@ -135,18 +136,14 @@ def _vm_start_hooks(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, 
     if not ctx.hooks.wanted("before_vm_start"):
         return xml, paused  # no script to read or change the flags: no file to keep
     # No file means no flags: only a paused start needs one written (saves I/O per create).
-    try:
-        if paused:
-            launchflags.write_flags(ctx.run_dir, vm.vm_id, launchflags.START_PAUSED)
-        else:
-            launchflags.clear_flags(ctx.run_dir, vm.vm_id)  # one a killed agent left
-    except OSError as e:
-        raise _run_dir_error(ctx, vm, e) from None
+    # An OSError here (a read-only or full run dir) is createErr: see create().
+    if paused:
+        launchflags.write_flags(ctx.run_dir, vm.vm_id, launchflags.START_PAUSED)
+    else:
+        launchflags.clear_flags(ctx.run_dir, vm.vm_id)  # one a killed agent left
     try:
         xml = ctx.hooks.run("before_vm_start", xml, vm)
         flags = launchflags.read_flags(ctx.run_dir, vm.vm_id)
-    except OSError as e:
-        raise _run_dir_error(ctx, vm, e) from None
     finally:
         try:
             launchflags.clear_flags(ctx.run_dir, vm.vm_id)
@@ -204,6 +201,11 @@ def create(ctx: Context, params: Any) -> dict[str, Any]:
         ctx.registry.add(vm)
         try:
             live, paused = _start(ctx, vm, xml, req.launch_paused)
+        except OSError as e:
+            # The run dir (launch flags, hooks' data files) failed: the client's error
+            # names the path, not a traceback.
+            ctx.registry.remove(vm)
+            raise _run_dir_error(ctx, vm, e) from None
         except BaseException:
             # Nothing was defined (transient domain), so forgetting the record is all.
             ctx.registry.remove(vm)

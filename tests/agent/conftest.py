@@ -48,13 +48,14 @@ def direct_agent(dirs: Any) -> Iterator[Callable[..., DirectAgent]]:
     def make(**overrides: Any) -> DirectAgent:
         images = dirs.root / "images"
         images.mkdir(exist_ok=True)
-        settings = replace(Settings(), libvirt_uri=TEST_URI, hooks_dir=dirs.hooks,
-                           state_dir=dirs.state, run_dir=dirs.run, storage_dirs=(images,),
-                           **overrides)
+        values: dict[str, Any] = {"libvirt_uri": TEST_URI, "hooks_dir": dirs.hooks,
+                                   "state_dir": dirs.state, "run_dir": dirs.run,
+                                   "storage_dirs": (images,), **overrides}
+        settings = replace(Settings(), **values)
         records = RunRecords(dirs.state / "hookruns.sqlite")
         props = PropertyRegistry(dirs.state / "properties.sqlite", "4.8")
         runner = HookRunner(RunnerConfig.from_settings(settings), records)
-        agent = Agent(Host(TEST_URI), HookCalls(runner), props, dirs.run, "4.8", records,
+        agent = Agent(Host(TEST_URI), HookCalls(runner), props, settings.run_dir, "4.8", records,
                       settings=settings)
         agent.recover()
         direct = DirectAgent(agent, Dispatcher(agent), settings, records, images)
