@@ -44,7 +44,9 @@ FIRMWARE_DIRS = (Path("/usr/share/OVMF"), Path("/usr/share/edk2"), Path("/usr/sh
 _RNG_SOURCES = frozenset({"/dev/random", "/dev/urandom", "/dev/hwrng"})
 
 # Attributes whose value is a host path wherever they appear...
-_PATH_ATTRS = ("file", "path", "socket", "evdev", "rendernode", "tap", "vhost")
+# (logFile: passt's log; xauth: an X authority file SDL graphics would read.)
+_PATH_ATTRS = ("file", "path", "socket", "evdev", "rendernode", "tap", "vhost", "logFile",
+               "xauth")
 # ...and those that are one only on a <source> (<target dir> is a guest's mount tag).
 _SOURCE_ATTRS = ("dir",)
 # Elements whose text is a host path, as (parent tag, tag); None: any parent.
@@ -172,12 +174,12 @@ def _check(elem: ET.Element, parents: list[str], walk: _Walk) -> None:
 
 
 def _dev_attr(elem: ET.Element, local: str, chain: list[str], walk: _Walk) -> None:
-    """`dev` is a host device node, except a host NIC name (interface source)."""
+    """`dev` is a host device node, except a NIC or sound device name (not a path)."""
     value = elem.get("dev")
     if not value or local not in ("source", "input", "output"):
         return
-    if "interface" in chain and not value.startswith("/"):
-        return  # a NIC name (direct/macvtap), not a file
+    if ("interface" in chain or "audio" in chain) and not value.startswith("/"):
+        return  # eth0 of a direct NIC, hw:0 of ALSA: names, not files
     walk.path(_named(chain, "dev", value), value)
 
 
@@ -198,6 +200,10 @@ def _refused(elem: ET.Element, local: str, chain: list[str], walk: _Walk) -> boo
     if local == "binary" and parent == "filesystem" and elem.get("path"):
         walk.add(_named(chain, "path", elem.get("path", "")),
                  "runs a program as root: not allowed from a client (leave it out)")
+        return True
+    if local == "graphics" and elem.get("type") == "dbus" and elem.get("address"):
+        walk.add(where, "a D-Bus address (a host bus QEMU connects to) is not allowed "
+                 "from a client")
         return True
     if local == "bootloader" and parent == "domain":
         walk.add(where, "runs a program on the host: not allowed from a client")

@@ -372,3 +372,15 @@ def test_served_agent_bounds_and_paging_keep_memory_flat(dirs: Any, serve_proces
     grown = _rss_kib(agent.proc.pid) - base
     assert grown < 64 * 1024, f"agent peak RSS grew {grown} KiB while paging"
     assert code(api.list()) == 0
+
+
+def test_host_limits_come_from_libvirt() -> None:
+    from hookvisor.virt.host import Host
+
+    host = Host("test:///default")
+    try:
+        assert host.max_vcpus() == TEST_MAX_VCPUS
+        assert host.memory_mib() == TEST_HOST_MEMORY_MIB
+        assert "/usr/bin/test-hv" in host.emulators()
+    finally:
+        host.close()

@@ -95,6 +95,13 @@ REFUSED = [
      "<target><size unit='KiB'>524288</size></target></memory>", "<memory><source><path>"),
     ("<shmem name='s'><server path='/run/other'/></shmem>", "<server path='/run/other'>"),
     ("<audio id='1' type='file' path='/etc/motd'/>", "<audio path='/etc/motd'>"),
+    ("<graphics type='sdl' display=':0' xauth='/root/.Xauthority'/>",
+     "<graphics xauth='/root/.Xauthority'>"),
+    ("<graphics type='dbus' address='unix:path=/run/dbus/system_bus_socket'/>",
+     "<graphics>: a D-Bus address"),
+    ("<interface type='user'><backend type='passt' logFile='/etc/profile.d/x.sh'/>"
+     "</interface>", "logFile='/etc/profile.d/x.sh'"),
+    ("<audio id='1' type='oss'><input dev='/dev/sda'/></audio>", "<input dev='/dev/sda'>"),
     ("<video><model type='virtio'><acceleration accel3d='yes' rendernode='/dev/dri/card0'/>"
      "</model></video>", "rendernode='/dev/dri/card0'"),
 ]
@@ -150,6 +157,7 @@ def test_what_stays_inside_is_allowed(images: Path, policy: ClientPolicy) -> Non
         f"<filesystem type='mount'><source dir='{images}'/><target dir='share'/></filesystem>"
         "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>"
         "<graphics type='vnc' port='-1'/>"
+        "<audio id='1' type='alsa'><input dev='hw:0'/></audio>"
         "<seclabel relabel='no'/>"  # a device may only opt out of relabelling
     )
     os_extra = ("<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>"
