@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.registry import VmRegistry
+from hookvisor.config import Settings
 from hookvisor.virt.host import Host
 
 
@@ -34,3 +35,5 @@ class Context:
     props: PropertyChecker
     # Where hooks leave launch flags (hookvisor.hooks.launchflags).
     run_dir: Path
+    # What a client may ask (storage_dirs, allow_client_qemu_args, bounds).
+    settings: Settings = field(default_factory=Settings)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,12 @@ from typing import Any
 from hookvisor.agent import lifecycle, recovery, reports
 from hookvisor.agent.context import Context, PropertyChecker
 from hookvisor.agent.hookcalls import HookCalls
+from hookvisor.agent.params import show
 from hookvisor.agent.registry import VmRegistry
 from hookvisor.agent.vm import DOWN, PAUSED, UP, Vm, status_from_libvirt
+from hookvisor.config import Settings
 from hookvisor.errors import Code, VdsmError
+from hookvisor.hooks.catalogue import EVENTS
 from hookvisor.hooks.records import RunRecords
 from hookvisor.virt.host import (
     EVENT_RESUMED,
@@ -37,6 +42,90 @@ log = logging.getLogger("hookvisor.agent")
 # The lifecycle events that may change a VM's status.
 _WATCHED = (EVENT_STOPPED, EVENT_SUSPENDED, EVENT_RESUMED)
 
+_HOOK_RUN_FILTERS = ("vmId", "event", "failed", "chainId", "limit", "before")
+_MAX_FILTER_TEXT = 128  # a vmId or chain id is a UUID; room to spare, no more
+_DEFAULT_PAGE = 100
+_TEXT_FIELDS = ("stdout", "stderr", "diff")
+# Characters a transport must escape, counted at their longest escaped form.
+_GROWS = re.compile(r"[&<>\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_FIELD_COST = 64  # a struct member's markup (<member><name>..</name><value>..)
+
+
+def vm_id_arg(value: Any, where: str = "vmId") -> str:
+    """A vmId a client passed, canonical; `general` naming `where` if it is not a UUID."""
+    if isinstance(value, str) and len(value) <= 64:
+        with contextlib.suppress(ValueError):
+            return str(uuid.UUID(value))
+    raise VdsmError(Code.GENERAL, f"{where}: expected a VM UUID, got {show(value)}")
+
+
+def bool_arg(value: Any, where: str) -> bool:
+    """A boolean parameter: a boolean, or the string "true" or "false"."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise VdsmError(Code.GENERAL, f"{where}: expected true or false, got {show(value)}")
+
+
+def _int_arg(value: Any, where: str, low: int, high: int) -> int:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise VdsmError(Code.GENERAL, f"{where}: expected an integer from {low} to {high}, "
+                        f"got {show(value)}")
+    return value
+
+
+def _text_arg(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > _MAX_FILTER_TEXT:
+        raise VdsmError(Code.GENERAL, f"{where}: expected a string of 1 to "
+                        f"{_MAX_FILTER_TEXT} characters, got {show(value)}")
+    return value
+
+
+def reply_size(run: dict[str, Any]) -> int:
+    """An upper bound of a run's size in a reply: UTF-8, markup, escapes at their longest."""
+    size = 0
+    for key, value in run.items():
+        size += _FIELD_COST + len(key)
+        if isinstance(value, str):
+            size += len(value.encode("utf-8", "surrogatepass"))
+            size += 6 * _GROWS.subn("", value)[1]
+        else:
+            size += 32
+    return size
+
+
+def _cut_to_fit(run: dict[str, Any], budget: int) -> dict[str, Any]:
+    """A run too large for a reply on its own, its outputs cut (and marked) to fit."""
+    fixed = reply_size({k: v for k, v in run.items() if k not in _TEXT_FIELDS})
+    # Each long text gets an equal share; escapes may take 7 bytes a character.
+    share = max(0, (budget - fixed - 256) // (7 * len(_TEXT_FIELDS)))
+    out = dict(run)
+    for key in _TEXT_FIELDS:
+        text = out.get(key)
+        if isinstance(text, str) and len(text) > share:
+            out[key] = text[:share]
+            if key == "diff":
+                out[key] += "\n[cut to fit the reply]"
+            else:
+                out[f"{key}_truncated"] = True
+    return out
+
+
+class HookRunsPage(list[dict[str, Any]]):
+    """One page of getHookRuns, newest first; `reply_extra` travels next to it in the reply.
+
+    `next` is the cursor of the following page (pass it as the filter's `before`),
+    absent on the last page.
+    """
+
+    def __init__(self, runs: list[dict[str, Any]], next_cursor: int | None) -> None:
+        super().__init__(runs)
+        self.next = next_cursor
+        self.reply_extra: dict[str, Any] = {} if next_cursor is None else {"next": next_cursor}
+
 
 class Agent:
     def __init__(
@@ -47,8 +136,10 @@ class Agent:
         run_dir: Path,
         cluster_version: str,
         records: RunRecords | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        self.ctx = Context(host, VmRegistry(), hooks, props, run_dir)
+        self.settings = settings or Settings()
+        self.ctx = Context(host, VmRegistry(), hooks, props, run_dir, self.settings)
         self.cluster_version = cluster_version
         self.records = records
         self.started_at = time.time()
@@ -94,23 +185,27 @@ class Agent:
         return lifecycle.create(self.ctx, params)
 
     def destroy(self, vm_id: Any) -> dict[str, Any]:
-        return lifecycle.destroy(self.ctx, vm_id)
+        return lifecycle.destroy(self.ctx, vm_id_arg(vm_id))
 
     def pause(self, vm_id: Any) -> dict[str, Any]:
-        return lifecycle.pause(self.ctx, vm_id)
+        return lifecycle.pause(self.ctx, vm_id_arg(vm_id))
 
     def cont(self, vm_id: Any) -> dict[str, Any]:
-        return lifecycle.cont(self.ctx, vm_id)
+        return lifecycle.cont(self.ctx, vm_id_arg(vm_id))
 
     def list_vms(self, full: Any = False, vm_list: Any = None) -> list[dict[str, Any]]:
-        if vm_list is not None and not isinstance(vm_list, list | tuple):
-            raise VdsmError(Code.GENERAL, f"vmList: expected a list of vmIds, got {vm_list!r}")
-        wanted = set(vm_list or ())
+        full = bool_arg(full, "fullStatus")
+        wanted: set[str] = set()
+        if vm_list is not None:
+            if not isinstance(vm_list, list | tuple):
+                raise VdsmError(Code.GENERAL, f"vmList: expected a list of vmIds, "
+                                f"got {show(vm_list)}")
+            wanted = {vm_id_arg(v, f"vmList[{i}]") for i, v in enumerate(vm_list)}
         vms = [v for v in self.ctx.registry.all() if not wanted or v.vm_id in wanted]
         return [v.full() if full else v.summary() for v in vms]
 
     def get_vm_stats(self, vm_id: Any) -> list[dict[str, Any]]:
-        return reports.get_vm_stats(self.ctx, vm_id)
+        return reports.get_vm_stats(self.ctx, vm_id_arg(vm_id))
 
     def get_all_vm_stats(self) -> list[dict[str, Any]]:
         return reports.get_all_vm_stats(self.ctx)
@@ -124,25 +219,63 @@ class Agent:
     def get_custom_property_definitions(self) -> dict[str, Any]:
         return dict(self.ctx.props.definitions())
 
-    def get_hook_runs(self, filters: Any = None) -> list[dict[str, Any]]:
-        filters = filters or {}
-        if not isinstance(filters, dict):
-            raise VdsmError(Code.GENERAL, f"filter: expected a struct, got {filters!r}")
-        known = {"vmId", "event", "failed", "chainId", "limit"}
-        unknown = sorted(set(filters) - known)
-        if unknown:
-            raise VdsmError(Code.GENERAL, f"filter: unknown key(s) {', '.join(unknown)}; "
-                            f"known: {', '.join(sorted(known))}")
-        limit = filters.get("limit", 100)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-            raise VdsmError(Code.GENERAL, f"filter.limit: expected a positive integer, "
-                            f"got {limit!r}")
+    def get_hook_runs(self, filters: Any = None) -> HookRunsPage:
+        """Runs newest first, one page: at most `limit` (<= hook_runs_page) runs and
+        hook_runs_reply_bytes; `next` on the page is the `before` of the next page."""
+        query, limit = self._hook_run_filters(filters)
         if self.records is None:
-            return []
-        runs = self.records.query(vm_id=filters.get("vmId"), event=filters.get("event"),
-                                  failed=bool(filters.get("failed", False)),
-                                  chain_id=filters.get("chainId"), limit=limit)
-        return [r.to_dict() for r in runs]
+            return HookRunsPage([], None)
+        budget = self.settings.hook_runs_reply_bytes
+        runs: list[dict[str, Any]] = []
+        used = 0
+        more = False
+        # Read a few rows at a time: what the budget leaves out is never held.
+        for record in self.records.iter_query(**query):
+            if len(runs) == limit:
+                more = True
+                break
+            run = record.to_dict()
+            size = reply_size(run)
+            if size > budget:
+                run = _cut_to_fit(run, budget)
+                size = reply_size(run)
+            if used + size > budget:
+                more = True
+                break
+            runs.append(run)
+            used += size
+        return HookRunsPage(runs, runs[-1]["id"] if more and runs else None)
+
+    def _hook_run_filters(self, filters: Any) -> tuple[dict[str, Any], int]:
+        if filters is None:
+            filters = {}
+        if not isinstance(filters, dict):
+            raise VdsmError(Code.GENERAL, f"filter: expected a struct, got {show(filters)}")
+        unknown = sorted(str(k) for k in filters if k not in _HOOK_RUN_FILTERS)
+        if unknown:
+            raise VdsmError(Code.GENERAL, f"filter: unknown key(s) "
+                            f"{', '.join(show(k) for k in unknown[:5])}; "
+                            f"known: {', '.join(_HOOK_RUN_FILTERS)}")
+        page = self.settings.hook_runs_page
+        query: dict[str, Any] = {}
+        if filters.get("vmId") is not None:
+            query["vm_id"] = _text_arg(filters["vmId"], "filter.vmId")
+        if filters.get("event") is not None:
+            event = _text_arg(filters["event"], "filter.event")
+            if event not in EVENTS:
+                raise VdsmError(Code.GENERAL, f"filter.event: {show(event)} is not a hook "
+                                "event (see docs/hooks.md)")
+            query["event"] = event
+        if filters.get("chainId") is not None:
+            query["chain_id"] = _text_arg(filters["chainId"], "filter.chainId")
+        if filters.get("failed") is not None:
+            query["failed"] = bool_arg(filters["failed"], "filter.failed")
+        if filters.get("before") is not None:
+            query["before"] = _int_arg(filters["before"], "filter.before", 1, 2**63 - 1)
+        limit = min(_DEFAULT_PAGE, page)
+        if filters.get("limit") is not None:
+            limit = _int_arg(filters["limit"], "filter.limit", 1, page)
+        return query, limit
 
     # --- libvirt events -------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any
 from hookvisor.agent.context import Context
 from hookvisor.agent.hookcalls import HookSetupError, describe_os_error
 from hookvisor.agent.params import CreateRequest, parse_create
+from hookvisor.agent.policy import ClientPolicy
 from hookvisor.agent.vm import DOWN, PAUSED, UP, Vm
 from hookvisor.errors import Code, VdsmError
 from hookvisor.hooks import launchflags
@@ -123,11 +124,20 @@ def _device_hooks(ctx: Context, vm: Vm, xml: str) -> tuple[str, bool]:
     return xml, rekeyed
 
 
+def _run_dir_error(ctx: Context, vm: Vm, e: OSError) -> VdsmError:
+    # The path the OS named (launch flags, a hook's data file), else the flags' dir.
+    # Every file create() writes is in the run dir; libvirt's failures are HostError.
+    path = e.filename or launchflags.flags_dir(ctx.run_dir)
+    return VdsmError(Code.CREATE_ERR, f"run dir: {path}: {e.strerror or e} "
+                     f"(VM {vm.vm_id} not started)")
+
+
 def _vm_start_hooks(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, bool]:
     """before_vm_start, with the launch flags a hook may change (start paused)."""
     if not ctx.hooks.wanted("before_vm_start"):
         return xml, paused  # no script to read or change the flags: no file to keep
     # No file means no flags: only a paused start needs one written (saves I/O per create).
+    # An OSError here (a read-only or full run dir) is createErr: see create().
     if paused:
         launchflags.write_flags(ctx.run_dir, vm.vm_id, launchflags.START_PAUSED)
     else:
@@ -136,7 +146,10 @@ def _vm_start_hooks(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, 
         xml = ctx.hooks.run("before_vm_start", xml, vm)
         flags = launchflags.read_flags(ctx.run_dir, vm.vm_id)
     finally:
-        launchflags.clear_flags(ctx.run_dir, vm.vm_id)
+        try:
+            launchflags.clear_flags(ctx.run_dir, vm.vm_id)
+        except OSError as e:
+            log.warning("VM %s: cannot remove its launch flags: %s", vm.vm_id, e)
     return xml, bool(flags & launchflags.START_PAUSED)
 
 
@@ -169,9 +182,22 @@ def _known_id(ctx: Context, params: Any) -> None:
         raise VdsmError(Code.EXIST, f"VM {vm_id} already exists")
 
 
+def client_policy(ctx: Context) -> ClientPolicy:
+    """The operator's settings and the host's limits a `create` is held to."""
+    settings = ctx.settings
+    return ClientPolicy(
+        storage_dirs=settings.storage_dirs,
+        allow_qemu_args=settings.allow_client_qemu_args,
+        max_vm_name=settings.max_vm_name,
+        max_vcpus=ctx.host.max_vcpus(),
+        host_memory_mib=ctx.host.memory_mib(),
+        emulators=ctx.host.emulators(),
+    )
+
+
 def create(ctx: Context, params: Any) -> dict[str, Any]:
     _known_id(ctx, params)
-    req = parse_create(params)
+    req = parse_create(params, client_policy(ctx))
     device_props = _device_props(ctx, req)
     _check_props(ctx, req, device_props)
     vm = Vm(req.vm_id, req.name, req.params, dict(req.vm_props), device_props,
@@ -182,6 +208,11 @@ def create(ctx: Context, params: Any) -> dict[str, Any]:
         ctx.registry.add(vm)
         try:
             live, paused = _start(ctx, vm, xml, req.launch_paused)
+        except OSError as e:
+            # The run dir (launch flags, hooks' data files) failed: the client's error
+            # names the path, not a traceback.
+            ctx.registry.remove(vm)
+            raise _run_dir_error(ctx, vm, e) from None
         except BaseException:
             # Nothing was defined (transient domain), so forgetting the record is all.
             ctx.registry.remove(vm)

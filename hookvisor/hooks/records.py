@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,47 @@ class RunRecords:
             values["stderr_truncated"] = bool(values["stderr_truncated"])
             out.append(RunRecord(id=row[0], **values))
         return out
+
+    def iter_query(
+        self,
+        *,
+        vm_id: str | None = None,
+        event: str | None = None,
+        failed: bool = False,
+        chain_id: str | None = None,
+        before: int | None = None,
+        chunk: int = 8,
+    ) -> Iterator[RunRecord]:
+        """Newest first, ids below `before` (a cursor), read `chunk` rows at a time.
+
+        Only the rows a caller takes are read (each up to the output caps), and
+        the lock is held for one chunk's read, never while the caller works.
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("vm_id", vm_id), ("event", event), ("chain_id", chain_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if failed:
+            where.append(f"outcome IN ({', '.join('?' for _ in FAILED_OUTCOMES)})")
+            args.extend(FAILED_OUTCOMES)
+        sql = f"SELECT id, {', '.join(_COLUMNS)} FROM runs WHERE id < ?"
+        if where:
+            sql += " AND " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        cursor = before if before is not None else 2**63 - 1
+        while True:
+            with self._lock:
+                rows = self._connect().execute(sql, [cursor, *args, chunk]).fetchall()
+            for row in rows:
+                values = dict(zip(_COLUMNS, row[1:], strict=True))
+                values["stdout_truncated"] = bool(values["stdout_truncated"])
+                values["stderr_truncated"] = bool(values["stderr_truncated"])
+                yield RunRecord(id=row[0], **values)
+            if len(rows) < chunk:
+                return
+            cursor = rows[-1][0]
 
     def count(self) -> int:
         with self._lock:

@@ -117,6 +117,8 @@ class Dispatcher:
         reply = status(Code.DONE, "Done")
         if verb.reply_key is not None:
             reply[verb.reply_key] = xmlrpc_safe(payload)
+            # A paged payload's cursor travels beside it (getHookRuns' `next`).
+            reply.update(xmlrpc_safe(getattr(payload, "reply_extra", None) or {}))
         return reply
 
 

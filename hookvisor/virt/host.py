@@ -554,6 +554,48 @@ class Host:
         except libvirt.libvirtError as e:
             raise self._error(e, conn) from None
 
+    # --- limits a client's request is checked against (read once, then kept) ---
+    # Kept in __dict__ on first success (a failure is asked again next time).
+
+    def max_vcpus(self) -> int:
+        """Most vCPUs libvirt gives one domain of this host's domain type; 0 if unknown."""
+        if "_max_vcpus" not in self.__dict__:
+            try:
+                conn = self._current()
+                try:
+                    value = int(conn.getMaxVcpus(self.domain_type))
+                except libvirt.libvirtError:
+                    value = int(conn.getMaxVcpus(None))
+            except (libvirt.libvirtError, HostError):
+                return 0
+            self.__dict__["_max_vcpus"] = value
+        return int(self.__dict__["_max_vcpus"])
+
+    def memory_mib(self) -> int:
+        """The host's memory in MiB (libvirt's node info); 0 if unknown."""
+        if "_memory_mib" not in self.__dict__:
+            try:
+                conn = self._current()
+                self.__dict__["_memory_mib"] = int(conn.getInfo()[1])
+            except (libvirt.libvirtError, HostError):
+                return 0
+        return int(self.__dict__["_memory_mib"])
+
+    def emulators(self) -> frozenset[str]:
+        """The emulator binaries libvirt's capabilities list for this host."""
+        if "_emulators" not in self.__dict__:
+            import xml.etree.ElementTree as ET
+
+            try:
+                conn = self._current()
+                caps = ET.fromstring(conn.getCapabilities())
+            except (libvirt.libvirtError, HostError, ET.ParseError):
+                return frozenset()
+            self.__dict__["_emulators"] = frozenset(
+                e.text.strip() for e in caps.iter("emulator") if e.text)
+        found: frozenset[str] = self.__dict__["_emulators"]
+        return found
+
 
 def _release(conn: Any, event_ids: list[int]) -> None:
     """Let go of a connection, dead or alive: nothing here may fail or wait long."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
 from hookvisor.agent.params import parse_create
+from hookvisor.agent.policy import ClientPolicy
 from hookvisor.errors import Code, VdsmError
 from hookvisor.virt.spec import DiskSpec, NicSpec
 
@@ -24,7 +26,8 @@ def test_defaults_and_normalised_params() -> None:
     req = parse_create({"vmId": VM_ID.upper(), "vmName": "a", "memSize": "128",
                         "custom": {"n": 5},
                         "devices": [{"type": "interface", "network": "br0", "nicModel": "pv"},
-                                    {"type": "disk", "path": "/x.img", "bootOrder": "1"}]})
+                                    {"type": "disk", "path": "/images/x.img", "bootOrder": "1"}]},
+                       ClientPolicy(storage_dirs=(Path("/images"),)))
     assert req.vm_id == VM_ID and req.launch_paused is False
     assert req.spec is not None and req.spec.mem_mib == 128 and req.spec.smp == 1
     nic, disk = req.spec.devices
