@@ -5,8 +5,14 @@
 XML that boots it and acknowledges PCI hot-unplug, waits for its serial
 console's markers, and collects libvirt's DEVICE_REMOVED events.
 
-Fixtures (registered by `pytest_plugins` in tests/conftest.py):
-  tiny_guest   the built kernel/initrd (session); skips without them, FAILS under CI=true.
+A second libvirt host on this machine (scripts/libvirtd2.sh, SPEC §5) is the
+migration target: `start_second_host` starts it (idempotent) and gives its URI.
+
+Fixtures (registered by `pytest_plugins` in tests/conftest.py); each skips when
+what it needs is missing, and FAILS instead under CI=true:
+  tiny_guest      the built kernel/initrd (session)
+  libvirt_host2   the second host's URI, qemu+tcp://127.0.0.1:PORT/system; after
+                  the test, `hvtest-` domains left on it are destroyed and the test fails
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
@@ -233,12 +240,72 @@ def build_guest(directory: Path = GUEST_DIR) -> TinyGuest:
     return TinyGuest(kernel, initrd)
 
 
+def start_second_host() -> str:
+    """The second libvirt host's URI, started if it is not running; RuntimeError if it cannot."""
+    if os.geteuid() != 0:
+        raise RuntimeError("the second libvirt host needs root (scripts/libvirtd2.sh start)")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "libvirtd2.sh"), "start"],
+                          capture_output=True, text=True, check=False)
+    lines = proc.stdout.split()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"scripts/libvirtd2.sh start failed:\n{proc.stderr[-2000:]}")
+    return lines[-1]
+
+
+def host_uuid(conn: Any) -> str:
+    """The host UUID a libvirt connection reports (its capabilities' <host><uuid>)."""
+    root = ElementTree.fromstring(conn.getCapabilities())
+    return root.findtext("host/uuid") or ""
+
+
+def destroy_leftovers(uri: str, prefix: str = "hvtest-") -> list[str]:
+    """Destroy (and undefine) the `prefix` domains on `uri`; their names."""
+    conn = libvirt.open(uri)
+    try:
+        names = []
+        for dom in conn.listAllDomains():
+            if not dom.name().startswith(prefix):
+                continue
+            names.append(dom.name())
+            with contextlib.suppress(libvirt.libvirtError):
+                persistent = dom.isPersistent()
+                if dom.isActive():
+                    dom.destroy()
+                if persistent:
+                    dom.undefine()
+        return names
+    finally:
+        conn.close()
+
+
+def _unavailable(message: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def tiny_guest() -> TinyGuest:
     """The tiny guest's kernel and initrd; skip if unavailable (fail under CI=true)."""
     try:
         return build_guest()
     except RuntimeError as e:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(str(e))
-        pytest.skip(str(e))
+        _unavailable(str(e))
+        raise
+
+
+@pytest.fixture(scope="session")
+def _libvirt_host2_uri() -> str:
+    try:
+        return start_second_host()
+    except RuntimeError as e:
+        _unavailable(str(e))
+        raise
+
+
+@pytest.fixture
+def libvirt_host2(_libvirt_host2_uri: str) -> Iterator[str]:
+    """The second libvirt host's URI; fails the test that leaves an `hvtest-` domain there."""
+    yield _libvirt_host2_uri
+    leaked = destroy_leftovers(_libvirt_host2_uri)
+    assert not leaked, f"test left domains behind on {_libvirt_host2_uri}: {leaked}"
