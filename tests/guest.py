@@ -132,16 +132,32 @@ def read_log(serial_log: str | Path) -> str:
 
 
 def wait_marker(serial_log: str | Path, timeout: float = 60.0, marker: str = READY,
-                step: float = 0.05) -> float:
-    """Seconds until `marker` shows in the serial log; AssertionError with the log if never."""
+                step: float = 0.05, dom: Any = None) -> float:
+    """Seconds until `marker` shows in the serial log; AssertionError with the log if never.
+
+    With `dom`, a domain that stops first fails at once instead of at the timeout
+    (on a shared libvirtd, someone else's leak guard may destroy an `hvtest-` domain).
+    """
     start = time.monotonic()
     while True:
         if marker in read_log(serial_log):
             return time.monotonic() - start
+        # Read again after seeing it stopped: it may print the marker, then power off.
+        if dom is not None and not is_active(dom) and marker not in read_log(serial_log):
+            tail = read_log(serial_log)[-2000:]
+            raise AssertionError(f"domain stopped before {marker!r}:\n{tail}")
         if time.monotonic() - start > timeout:
             tail = read_log(serial_log)[-2000:]
             raise AssertionError(f"{marker!r} not on the serial console after {timeout}s:\n{tail}")
         time.sleep(step)
+
+
+def is_active(dom: Any) -> bool:
+    """Whether the domain runs; False once a transient one is gone."""
+    try:
+        return bool(dom.isActive())
+    except libvirt.libvirtError:
+        return False
 
 
 def exit_code(serial_log: str | Path) -> int | None:

@@ -18,6 +18,7 @@ from guest import (
     host_uuid,
     open_with_events,
     running_domain,
+    start_second_host,
     wait_marker,
 )
 
@@ -29,6 +30,8 @@ NIC = """<interface type='ethernet'>
 
 
 def test_two_independent_hosts(qemu_system: str, libvirt_host2: str) -> None:
+    # Starting it again is a no-op: same daemon, same URI.
+    assert start_second_host() == libvirt_host2
     one, two = libvirt.open(qemu_system), libvirt.open(libvirt_host2)
     try:
         assert host_uuid(one) and host_uuid(two)
@@ -49,7 +52,7 @@ def test_live_migration_to_second_host(qemu_system: str, libvirt_host2: str,
     log = tmp_path / "serial.log"
     try:
         with running_domain(one, tiny_guest.xml(name, log)) as dom:
-            wait_marker(log, 120)
+            wait_marker(log, 120, dom=dom)
             start = time.monotonic()
             dom.migrateToURI3(libvirt_host2, {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1"},
                               libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER)

@@ -22,6 +22,7 @@ from guest import (
     DeviceRemovedEvents,
     TinyGuest,
     exit_code,
+    is_active,
     open_with_events,
     running_domain,
     wait_marker,
@@ -49,7 +50,7 @@ def test_boot_hotplug_and_unplug(qemu_system: str, tiny_guest: TinyGuest, tmp_pa
     try:
         start = time.monotonic()
         with running_domain(conn, tiny_guest.xml("hvtest-tiny", log)) as dom:
-            wait_marker(log, 120)
+            wait_marker(log, 120, dom=dom)
             times["boot"] = time.monotonic() - start
             removed = DeviceRemovedEvents(conn, dom)
             try:
@@ -98,23 +99,17 @@ def test_virtiofs_runs_host_python_with_vlan_bond_dummy(
         start = time.monotonic()
         with running_domain(conn, tiny_guest.xml("hvtest-tinyfs", log, virtiofs=True,
                                                  command=command)) as dom:
-            ready = wait_marker(log, 120)
-            wait_marker(log, 180, marker=EXIT)
+            ready = wait_marker(log, 120, dom=dom)
+            wait_marker(log, 180, marker=EXIT, dom=dom)
             print(f"virtiofs guest: ready {ready:.1f}s, "
                   f"command done {time.monotonic() - start:.1f}s")
             assert exit_code(log) == 0, log.read_text(errors="replace")
             # The guest powers itself off after its command: a transient domain vanishes.
             deadline = time.monotonic() + 60
-            while _active(dom):
+            while is_active(dom):
                 assert time.monotonic() < deadline, "guest did not power off"
                 time.sleep(0.1)
     finally:
         conn.close()
     assert out.read_text().split() == ["hvbond0", "hvd0", "hvd0.7", "lo"]
 
-
-def _active(dom: libvirt.virDomain) -> bool:
-    try:
-        return bool(dom.isActive())
-    except libvirt.libvirtError:  # a transient domain that stopped no longer exists
-        return False
