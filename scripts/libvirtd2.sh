@@ -28,8 +28,22 @@ answers() {
     u=$(uri) && [ -n "$u" ] && virsh -c "$u" version >/dev/null 2>&1
 }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# The port of the last start if it is still free (a restarted host keeps its
+# URI), else any free one.
+pick_port() {
+    python3 - "$(cat "$DIR/port" 2>/dev/null || echo 0)" <<'PY'
+import socket, sys
+for port in (int(sys.argv[1]), 0):
+    s = socket.socket()
+    # As libvirtd binds: its last connections' TIME_WAIT do not block the port.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(s.getsockname()[1])
+    break
+PY
 }
 
 configure() {
@@ -85,7 +99,8 @@ start() {
     fi
     mkdir -p "$DIR"
     local port
-    port=$(free_port)
+    port=$(pick_port)
+    echo "$port" >"$DIR/port"
     configure "$port"
     rm -f "$PIDFILE"
     # The mounts live and die with the daemon's private mount namespace; the

@@ -51,7 +51,8 @@ def guest_command(command: str) -> str:
     The command runs as root under `chroot /host /bin/sh -c`, i.e. in the
     host's own filesystem with the guest's kernel (its /proc, /sys, /dev,
     a private tmpfs on /run; /tmp is the host's, a place to leave results).
-    The guest prints "HVGUEST-EXIT <rc>" and powers off afterwards.
+    Its output goes to the serial log. The guest prints "HVGUEST-EXIT <rc>"
+    and powers off afterwards.
     Base64 because the kernel command line splits on spaces (2 KiB at most).
     """
     return "hv_cmd=" + base64.b64encode(command.encode()).decode()

@@ -7,12 +7,14 @@ qemu:///system, migrates live, peer to peer, to the second host, runs there
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 import libvirt
 import pytest
 from guest import (
+    REPO,
     DeviceRemovedEvents,
     TinyGuest,
     host_uuid,
@@ -76,3 +78,21 @@ def test_live_migration_to_second_host(qemu_system: str, libvirt_host2: str,
     finally:
         one.close()
         two.close()
+
+
+def test_restart_keeps_uri_and_uuid(libvirt_host2: str) -> None:
+    script = ["bash", str(REPO / "scripts" / "libvirtd2.sh")]
+    conn = libvirt.open(libvirt_host2)
+    before = host_uuid(conn)
+    conn.close()
+    subprocess.run([*script, "stop"], check=True, capture_output=True)
+    status = subprocess.run([*script, "status"], capture_output=True, text=True, check=False)
+    assert status.returncode == 1 and status.stdout.strip() == "stopped"
+    with pytest.raises(libvirt.libvirtError):
+        libvirt.open(libvirt_host2)
+    assert start_second_host() == libvirt_host2
+    conn = libvirt.open(libvirt_host2)
+    try:
+        assert host_uuid(conn) == before
+    finally:
+        conn.close()
