@@ -125,6 +125,34 @@ def guest_xml(name: str, uuid: str, kernel: str | Path, initrd: str | Path,
 """
 
 
+def diskless_xml(name: str, uuid: str, *, memory_mib: int = 64,
+                 domain_type: str = "kvm") -> str:
+    """A guest with no disk and no kernel: firmware only, fast to start and migrate.
+
+    It runs under this machine's PVM-based KVM (a kernel would not boot there,
+    SPEC §5) but never acknowledges a PCI unplug: for start/migrate/save only.
+    """
+    return f"""<domain type='{escape(domain_type)}'>
+  <name>{escape(name)}</name>
+  <uuid>{escape(uuid)}</uuid>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices><controller type='usb' model='none'/><memballoon model='none'/></devices>
+</domain>
+"""
+
+
+def kvm_usable() -> bool:
+    """Whether /dev/kvm can be opened (exists is not enough: it may be denied)."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 def read_log(serial_log: str | Path) -> str:
     try:
         return Path(serial_log).read_text(errors="replace")

@@ -17,7 +17,10 @@ from guest import (
     REPO,
     DeviceRemovedEvents,
     TinyGuest,
+    diskless_xml,
     host_uuid,
+    kvm_usable,
+    new_uuid,
     open_with_events,
     running_domain,
     start_second_host,
@@ -73,6 +76,29 @@ def test_live_migration_to_second_host(qemu_system: str, libvirt_host2: str,
                     removed.wait("ua-hvnic1", timeout=30)
                 finally:
                     removed.close()
+            finally:
+                arrived.destroy()
+    finally:
+        one.close()
+        two.close()
+
+
+@pytest.mark.skipif(not kvm_usable(), reason="/dev/kvm not usable")
+def test_live_migration_of_a_diskless_kvm_guest(qemu_system: str, libvirt_host2: str) -> None:
+    name = "hvtest-migrate-kvm"
+    one, two = libvirt.open(qemu_system), libvirt.open(libvirt_host2)
+    try:
+        with running_domain(one, diskless_xml(name, new_uuid())) as dom:
+            start = time.monotonic()
+            dom.migrateToURI3(libvirt_host2, {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1"},
+                              libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER)
+            print(f"live migration of a diskless kvm guest: {time.monotonic() - start:.2f}s")
+            with pytest.raises(libvirt.libvirtError):
+                one.lookupByName(name)
+            arrived = two.lookupByName(name)
+            try:
+                assert arrived.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+                assert arrived.UUIDString() == dom.UUIDString()
             finally:
                 arrived.destroy()
     finally:
