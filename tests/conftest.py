@@ -28,6 +28,30 @@ PREFIX = "hvtest-"
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Hooks run as the hook user when the tests run as root: the interpreter of a
+# Python hook must be one that user can execute (the venv's may live under
+# /root, 0700), so Python hooks use the system's.
+HOOK_PYTHON = "/usr/bin/python3" if os.geteuid() == 0 and os.path.exists(
+    "/usr/bin/python3") else sys.executable
+
+
+@pytest.fixture(autouse=True)
+def _hook_user_can_reach_tmp(request: pytest.FixtureRequest) -> None:
+    """pytest makes its temporary dirs 0700: as root, open the parents for
+    traversal (not listing) so that the hook user reaches the hooks and data
+    under them, and let hooks leave their marker files in tmp_path itself."""
+    if os.geteuid() != 0 or "tmp_path" not in request.fixturenames:
+        return
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    tmp_path.chmod(0o777)
+    for d in tmp_path.parents:
+        if str(d) in ("/", "/tmp") or not d.is_relative_to("/tmp"):
+            break
+        mode = d.stat().st_mode
+        if not mode & 0o001:
+            d.chmod((mode & 0o7777) | 0o711)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,7 +77,7 @@ class AgentDirs:
         directory = self.hooks / event
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / name
-        shebang = f"#!{sys.executable}\n" if python else "#!/bin/sh\n"
+        shebang = f"#!{HOOK_PYTHON}\n" if python else "#!/bin/sh\n"
         path.write_text(shebang + textwrap.dedent(body).lstrip("\n"))
         path.chmod(0o755)
         return path
