@@ -140,6 +140,9 @@ def get_vds_stats(ctx: Context, started_at: float) -> dict[str, Any]:
             "memAvailable": mem.get("MemAvailable", 0),
             "cpuLoad": f"{os.getloadavg()[0]:.2f}",
             "elapsedTime": str(int(time.time() - started_at)),
+            # Hook run records lost (state dir read-only or full, ...), and why.
+            "hookRecordFailures": getattr(ctx.hooks.runner, "record_failures", 0),
+            "hookRecordLastError": getattr(ctx.hooks.runner, "last_record_error", ""),
         }
 
     result: dict[str, Any] = _report(ctx, "get_stats", build)

@@ -92,9 +92,12 @@ def unified(before: bytes, after: bytes, name: str, cap: int) -> str:
     head = _common_prefix(before, after)
     tail = _common_suffix(before, after, min(len(before), len(after)) - head)
     start = _back_lines(before, head, CONTEXT)
-    old_end = _forward_lines(before, len(before) - tail, CONTEXT)
-    new_end = _forward_lines(after, len(after) - tail, CONTEXT)
-    # The tail may start mid-line; the same bytes in both, so the same extension.
+    pos = len(before) - tail
+    # A tail starting mid-line: that line is part of the change, context follows it.
+    mid_line = 0 < pos < len(before) and before[pos - 1:pos] != b"\n"
+    old_end = _forward_lines(before, pos, CONTEXT + mid_line)
+    # The tail is the same bytes in both: end both slices as far from the end.
+    new_end = len(after) - (len(before) - old_end)
     offset = before.count(b"\n", 0, start)
     old = _lines(before[start:old_end])
     new = _lines(after[start:new_end])

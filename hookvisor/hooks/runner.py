@@ -410,7 +410,8 @@ class HookRunner:
             return 0
         for entry in entries:
             try:
-                if entry.stat(follow_symlinks=False).st_mtime < self._created:
+                # A second of slack: file times are coarser than time.time().
+                if entry.stat(follow_symlinks=False).st_mtime < self._created - 1.0:
                     os.unlink(entry.path)
                     removed += 1
             except OSError:
