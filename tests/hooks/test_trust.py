@@ -103,7 +103,7 @@ def test_writable_by_others_refused_and_named(hooks_dir: Path, make_runner: Make
                                               what: str, mode_of: str) -> None:
     script = write_hook(hooks_dir, EV, "10_x", sh("echo ran\n"))
     target = {"script": script, "event_dir": script.parent, "hooks_dir": hooks_dir}[mode_of]
-    target.chmod(0o777 if mode_of == "event_dir" else (0o775 if target.is_dir() else 0o775))
+    target.chmod(0o777 if mode_of == "event_dir" else 0o775)
     result = make_runner(records=True).run(EV, DOMAIN)
     run = result.runs[0]
     assert run.outcome == "failed" and run.stdout == ""  # never started

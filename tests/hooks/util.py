@@ -8,7 +8,8 @@ import textwrap
 from pathlib import Path
 
 # A Python the hook user can run (see tests/conftest.py).
-PY = "/usr/bin/python3" if os.geteuid() == 0 and os.path.exists("/usr/bin/python3") else sys.executable
+PY = ("/usr/bin/python3" if os.geteuid() == 0 and os.path.exists("/usr/bin/python3")
+      else sys.executable)
 UUID = "6f1c9a4e-2d0b-4c55-9d1e-0a8f3b7c5e21"
 DOMAIN = (
     "<domain type='kvm'><name>vm1</name><uuid>" + UUID + "</uuid>"
