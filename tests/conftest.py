@@ -7,6 +7,7 @@ after a test is destroyed, and the test that left it fails.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -33,6 +34,16 @@ REPO = Path(__file__).resolve().parent.parent
 # /root, 0700), so Python hooks use the system's.
 HOOK_PYTHON = "/usr/bin/python3" if os.geteuid() == 0 and os.path.exists(
     "/usr/bin/python3") else sys.executable
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """As root, a base temp dir of this checkout's own, not /tmp/pytest-of-root:
+    every pytest session that starts resets that one to 0700, which would cut
+    the hook user off from the hooks of a session already running."""
+    if os.geteuid() == 0 and config.option.basetemp is None:
+        tag = hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
+        config.option.basetemp = f"/tmp/hookvisor-pytest-{tag}"
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +82,9 @@ class AgentDirs:
         self.run = self.root / "run"
         for d in (self.hooks, self.state, self.run):
             d.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # Hooks (run as the hook user) leave their logs and markers here.
+            self.root.chmod(0o777)
 
     def hook(self, event: str, name: str, body: str, python: bool = False) -> Path:
         """Install an executable hook script (shell unless `python`)."""
