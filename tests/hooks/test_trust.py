@@ -90,7 +90,12 @@ def test_serve_refuses_to_start_without_the_hook_user(tmp_path: Path,
     conf.write_text(f'hook_user = "hv-no-such-user"\nstate_dir = "{tmp_path}/state"\n'
                     f'run_dir = "{tmp_path}/run"\nhooks_dir = "{tmp_path}/hooks"\n')
     settings = load_settings(conf, environ={})
-    assert serve(settings, stop=threading.Event()) == 1
+    rc: list[int] = []
+    # On a thread: on the main one serve() would install its signal handlers here.
+    thread = threading.Thread(target=lambda: rc.append(serve(settings, stop=threading.Event())))
+    thread.start()
+    thread.join(60)
+    assert rc == [1]
     assert "hv-no-such-user" in caplog.text and "useradd" in caplog.text
 
 
