@@ -90,6 +90,13 @@ def list_scripts(hooks_dir: Path, event: str) -> list[Script]:
                 if candidate in manifests:
                     manifest = Path(directory, candidate)
                     break
+        if manifest is not None and refused is None:
+            # A manifest can skip its script (when_property) or stretch its
+            # timeout: it must be as trusted as the script.
+            try:
+                refused = trust.problem(str(manifest), os.stat(manifest), owners)
+            except OSError as e:
+                refused = f"cannot check {manifest}: {e.strerror}"
         found.append(Script(name, Path(path), st.st_ino, st.st_size, st.st_mtime_ns, manifest,
                             refused))
     # Byte-wise, not locale or natural order: what `LC_ALL=C ls` shows.

@@ -366,8 +366,9 @@ class HookRunner:
         runner, and the process groups of hooks it left running (killed, with
         SIGKILL, only if still the same groups). How many things were removed.
         """
-        removed = 0
         run_dir = str(self.config.run_dir)
+        # The groups first: a dead agent's hooks may still write in their directories.
+        removed = groups.kill_stale(Path(run_dir, groups.GROUPS_DIR))
         try:
             names = os.listdir(run_dir)
         except OSError:
@@ -395,7 +396,6 @@ class HookRunner:
                 removed += 1
             except OSError:
                 pass
-        removed += groups.kill_stale(Path(run_dir, groups.GROUPS_DIR))
         removed += self._remove_stale_flags()
         return removed
 
@@ -451,12 +451,10 @@ class HookRunner:
             return ChainResult(chain_id, ev, vm_id, data, [], False)
         try:
             user = self.hook_user(ev)
-            run_dir = self._prepare_run_dir(user)
         except HookUserError as e:
             return self._chain_failed(chain_id, ev, vm_id, data, str(e))
-        except OSError as e:
-            return self._chain_failed(chain_id, ev, vm_id, data,
-                                      f"cannot prepare the run dir {self.config.run_dir}: {e}")
+        # OSError (run dir read-only, full, ...) goes to the caller, as before.
+        run_dir = self._prepare_run_dir(user)
         runs: list[ScriptRun] = []
         suffix = ".json" if ev.payload is Payload.JSON else ".xml"
         directory = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=run_dir)
@@ -618,7 +616,11 @@ class HookRunner:
         child = _Child(pid, streams)
         timed_out = False
         try:
-            chain.groups.add(pid, chain.owner, script.name)
+            try:
+                chain.groups.add(pid, chain.owner, script.name)
+            except OSError as e:
+                # Only a dead agent's successor needs it: the hook runs anyway.
+                log.warning("cannot note the process group of %s: %s", script.name, e)
             if not child.wait_exit(timeout):
                 timed_out = True
                 child.stop(self.config.grace)

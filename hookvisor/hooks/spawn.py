@@ -204,10 +204,6 @@ class _Drainer:
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"x")
 
-    def count(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
     def _loop(self) -> None:
         fds: list[int] = []  # oldest first; only this thread closes them
         poller = select.poll()

@@ -404,3 +404,12 @@ def test_stale_launch_flags_removed_at_start(run_dir: Path, tmp_path: Path) -> N
     assert runner.cleanup_stale() == 1
     assert not old.exists() and new.exists()
     new.unlink()
+
+
+def test_group_writable_manifest_refuses_its_script(hooks_dir: Path,
+                                                    make_runner: MakeRunner) -> None:
+    # A manifest can make its script skip (when_property): as trusted as the script.
+    write_hook(hooks_dir, EV, "10_guard", sh("exit 0\n"))
+    manifest = write_hook(hooks_dir, EV, "10_guard.toml", "timeout = 5\n", mode=0o664)
+    result = make_runner().run(EV, DOMAIN)
+    assert result.vetoed and str(manifest) in result.message()
