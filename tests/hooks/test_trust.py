@@ -40,8 +40,14 @@ def _hook_user_or_skip() -> pwd.struct_passwd:
         pytest.fail(f"no {HOOK_USER} user: run scripts/setup.sh as root")
 
 
-def test_hook_runs_as_the_hook_user(hooks_dir: Path, make_runner: MakeRunner) -> None:
+@pytest.mark.parametrize("fork_exec", [True, False], ids=["fork_exec", "popen"])
+def test_hook_runs_as_the_hook_user(hooks_dir: Path, make_runner: MakeRunner,
+                                    monkeypatch: pytest.MonkeyPatch, fork_exec: bool) -> None:
     pw = _hook_user_or_skip()
+    # Both ways of starting a hook as another user (Popen: Pythons past 3.13).
+    from hookvisor.hooks import spawn
+
+    monkeypatch.setattr(spawn, "_FORK_EXEC", fork_exec)
     write_hook(hooks_dir, EV, "10_id", sh("""
         id -u; id -g; id -G
         echo "$HOME $USER $LOGNAME"
@@ -172,6 +178,22 @@ def test_list_shows_a_refused_script(hooks_dir: Path, capsys: pytest.CaptureFixt
     assert main(["hooks", "list", "--hooks-dir", str(hooks_dir), "--json"]) == 0
     scripts = json.loads(capsys.readouterr().out)["events"][EV]
     assert scripts[0]["refused"] is None and str(bad) in scripts[1]["refused"]
+
+
+def test_cannot_execute_as_the_hook_user(hooks_dir: Path, make_runner: MakeRunner,
+                                         tmp_path: Path) -> None:
+    _hook_user_or_skip()
+    # Root may read it, the hook user may not even reach it.
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (hooks_dir / EV).mkdir()
+    real = private / "real"
+    real.write_text(sh("exit 0\n"))
+    real.chmod(0o755)
+    (hooks_dir / EV / "10_x").symlink_to(real)
+    result = make_runner().run(EV, DOMAIN)
+    assert result.vetoed and "cannot execute" in result.message()
+    assert "Permission denied" in result.message()
 
 
 # --- what a hook can make the agent hold ------------------------------------------
