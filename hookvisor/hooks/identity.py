@@ -9,9 +9,14 @@ agent that is not root cannot switch and runs hooks as itself.
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import pwd
+import stat
 from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 FIX = "create it with `useradd --system hookvisor` (scripts/setup.sh does), or set hook_user"
 
@@ -51,15 +56,46 @@ def can_switch() -> bool:
     return os.geteuid() == 0
 
 
-def check(name: str) -> str | None:
+def can_reach(path: Path, user: HookUser) -> bool:
+    """Whether `user` can search every directory down to `path` (mode bits only)."""
+    for d in [*reversed(Path(path).parents), Path(path)]:
+        try:
+            st = os.stat(d)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        if st.st_uid == user.uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in user.groups:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def check(name: str, helpers: Path | None = None) -> str | None:
     """For the agent's start-up: None if hooks can run as `name` (or need not
-    switch, when the agent is not root), else one line saying why not."""
+    switch, when the agent is not root), else one line saying why not.
+
+    Also warns (only) if the hook user cannot reach the `hooking` helper
+    directory (an install under /root, say): Python hooks would not import it.
+    """
     if not can_switch():
         return None
     try:
-        lookup(name)
+        user = lookup(name)
     except HookUserError as e:
         return str(e)
+    if helpers is None:
+        from hookvisor.hooks.environment import HELPERS_DIR
+
+        helpers = HELPERS_DIR
+    if not can_reach(helpers, user):
+        log.warning("hook user %s cannot reach %s: Python hooks cannot import hooking "
+                    "(install hookvisor where it can, e.g. not under /root)", name, helpers)
     return None
 
 

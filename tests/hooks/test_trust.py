@@ -435,3 +435,15 @@ def test_group_writable_manifest_refuses_its_script(hooks_dir: Path,
     manifest = write_hook(hooks_dir, EV, "10_guard.toml", "timeout = 5\n", mode=0o664)
     result = make_runner().run(EV, DOMAIN)
     assert result.vetoed and str(manifest) in result.message()
+
+
+def test_unreachable_helpers_only_warned(tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    _hook_user_or_skip()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    assert identity.check(HOOK_USER, private / "helpers") is None
+    assert "cannot import hooking" in caplog.text
+    caplog.clear()
+    assert identity.check(HOOK_USER) is None  # this checkout's helpers: reachable
+    assert "cannot import hooking" not in caplog.text
