@@ -8,6 +8,11 @@ round in one process so that drift (CPU frequency, page cache) hits both alike.
 Part 2: 10 Python hooks that `import hooking`, read and write the domain XML of
 a VM with 100 devices; prints ms per hook.
 
+Run as root, hooks run as the hook user (setting hook_user, default
+`hookvisor`) on both sides: the engine switches user, and so does the bare loop
+(subprocess.run with user=, group=, extra_groups=), so the ratio compares the
+same work.
+
 Last line: runner_overhead_ratio=X.XX (median engine chain / median bare chain).
 Usage: .venv/bin/python bench/hook_runner.py [--rounds N]
 """
@@ -25,8 +30,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hookvisor.hooks import identity
 from hookvisor.hooks.records import RunRecords
 from hookvisor.hooks.runner import HookRunner, RunnerConfig
+
+HOOK_USER = "hookvisor"
+# Run as root, hooks run as the hook user, who cannot reach a venv under /root.
+HOOK_PYTHON = "/usr/bin/python3" if os.geteuid() == 0 and os.path.exists(
+    "/usr/bin/python3") else sys.executable
 
 EVENT = "before_vm_start"
 UUID = "6f1c9a4e-2d0b-4c55-9d1e-0a8f3b7c5e21"
@@ -60,16 +71,24 @@ def make_hooks(root: Path, body: str, count: int = 10) -> Path:
     return root
 
 
-def bare_chain(scripts: list[str], data: str, run_dir: str) -> None:
-    """What any runner must do at least: a data file, an environment, one run each."""
+def bare_chain(scripts: list[str], data: str, run_dir: str,
+               user: identity.HookUser | None) -> None:
+    """What any runner must do at least: a data file, an environment, one run
+    each (as the hook user when there is one)."""
     fd, path = tempfile.mkstemp(dir=run_dir)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(data)
+            if user is not None:
+                os.fchown(f.fileno(), user.uid, user.gid)
         env = dict(os.environ, vmId=UUID, _hook_domxml=path)
+        ids: dict[str, object] = {}
+        if user is not None:
+            env.update(user.env())
+            ids = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
         for script in scripts:
-            subprocess.run([script], env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)
+            subprocess.run([script], env=env, stdout=subprocess.DEVNULL,  # type: ignore[call-overload]
+                           stderr=subprocess.DEVNULL, check=False, **ids)
     finally:
         os.unlink(path)
 
@@ -86,8 +105,10 @@ def main() -> None:
     parser.add_argument("--py-rounds", type=int, default=10)
     args = parser.parse_args()
 
+    user = identity.lookup(HOOK_USER) if identity.can_switch() else None
     work = Path(tempfile.mkdtemp(prefix="hookbench-"))
     try:
+        work.chmod(0o711)  # the hook user reaches the hooks and the run dir through it
         run_dir = work / "run"
         run_dir.mkdir()
         records = RunRecords(work / "state" / "hookruns.sqlite")
@@ -102,7 +123,7 @@ def main() -> None:
             assert result.ok and len(result.runs) == 10, result.message()
 
         def bare() -> None:
-            bare_chain(scripts, data, str(run_dir))
+            bare_chain(scripts, data, str(run_dir), user)
 
         for _ in range(10):  # warm up both: page cache, checksum cache, SQLite
             engine()
@@ -118,13 +139,14 @@ def main() -> None:
                 bare_t.append(timed(bare))
                 engine_t.append(timed(engine))
         e_med, b_med = statistics.median(engine_t), statistics.median(bare_t)
-        print(f"sh no-op hooks x10, {args.rounds} interleaved rounds:")
+        who = f"as {user.name} (uid {user.uid})" if user else f"as uid {os.geteuid()}"
+        print(f"sh no-op hooks x10, {args.rounds} interleaved rounds, hooks run {who}:")
         print(f"  engine chain     median {e_med * 1000:7.2f} ms  ({e_med * 100:.3f} ms/hook)")
         print(f"  bare loop chain  median {b_med * 1000:7.2f} ms  ({b_med * 100:.3f} ms/hook)")
         print(f"  records kept: {records.count()}")
 
         py_body = (
-            f"#!{sys.executable}\n"
+            f"#!{HOOK_PYTHON}\n"
             "import hooking\n"
             "doc = hooking.read_domxml()\n"
             "doc.getElementsByTagName('domain')[0].setAttribute('bench', '1')\n"
@@ -143,13 +165,13 @@ def main() -> None:
         bare_py: list[float] = []
         for _ in range(args.py_rounds):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "pass"], check=True)
+            subprocess.run([HOOK_PYTHON, "-c", "pass"], check=True)
             bare_py.append(time.perf_counter() - t0)
         helpers = Path(__file__).resolve().parent.parent / "hookvisor" / "hooks" / "helpers"
         probe = ("import time; t = time.perf_counter(); import hooking; "
                  "print((time.perf_counter() - t) * 1000)")
         imports = [
-            float(subprocess.run([sys.executable, "-c", probe], check=True, text=True,
+            float(subprocess.run([HOOK_PYTHON, "-c", probe], check=True, text=True,
                                  capture_output=True,
                                  env=dict(os.environ, PYTHONPATH=str(helpers))).stdout)
             for _ in range(args.py_rounds)

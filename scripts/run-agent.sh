@@ -20,4 +20,9 @@ In another terminal, create a VM the example hooks change, then look at it:
   .venv/bin/hookvisor vm list
   HOOKVISOR_STATE_DIR=var/state .venv/bin/hookvisor hooks history
 HINT
+if [ "$(id -u)" = 0 ] && ! setpriv --reuid=hookvisor --regid=hookvisor --init-groups \
+        test -x examples/hooks/before_vm_start 2>/dev/null; then
+    echo "hookvisor: warning: the hook user (hookvisor) cannot reach $PWD/examples/hooks;" \
+         "as root, hooks run as that user: put the checkout where it can (not under /root)" >&2
+fi
 exec $HV serve --libvirt-uri test:///default --hooks-dir examples/hooks --cluster-version $CVER "$@"

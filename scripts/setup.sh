@@ -1,9 +1,28 @@
 #!/usr/bin/env bash
 # Installs everything hookvisor needs on a fresh Debian machine (idempotent):
 # Debian packages, then a venv in .venv with hookvisor and its dev tools.
-# Usage: scripts/setup.sh [--no-libvirtd-packages]
+# Usage: scripts/setup.sh [--no-libvirtd-packages] [--users-only]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The hook user (setting hook_user): hooks run as it, never as root (SPEC §1).
+# No login shell, no home of its own. The API group (setting api_group): members
+# may use the local socket. Both from the passwd package, present on every Debian.
+create_users() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "setup: not root, not creating the hookvisor user and hookvisor-api group" >&2
+        return 0
+    fi
+    getent group hookvisor-api >/dev/null || groupadd --system hookvisor-api
+    if ! getent passwd hookvisor >/dev/null; then
+        useradd --system --user-group --home-dir /nonexistent --no-create-home \
+            --shell /usr/sbin/nologin --comment "hookvisor hook scripts" hookvisor
+    fi
+}
+create_users
+for arg in "$@"; do
+    [ "$arg" = --users-only ] && exit 0
+done
 
 # libvirt-dev + pkg-config + gcc: libvirt-python builds from source against them.
 # The daemon packages are what the qemu:///system tests and bench need.

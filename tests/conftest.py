@@ -7,6 +7,7 @@ after a test is destroyed, and the test that left it fails.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -31,6 +32,40 @@ PREFIX = "hvtest-"
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Hooks run as the hook user when the tests run as root: the interpreter of a
+# Python hook must be one that user can execute (the venv's may live under
+# /root, 0700), so Python hooks use the system's.
+HOOK_PYTHON = "/usr/bin/python3" if os.geteuid() == 0 and os.path.exists(
+    "/usr/bin/python3") else sys.executable
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """As root, a base temp dir of this checkout's own, not /tmp/pytest-of-root:
+    every pytest session that starts resets that one to 0700, which would cut
+    the hook user off from the hooks of a session already running."""
+    if os.geteuid() == 0 and config.option.basetemp is None:
+        tag = hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
+        config.option.basetemp = f"/tmp/hookvisor-pytest-{tag}"
+
+
+@pytest.fixture(autouse=True)
+def _hook_user_can_reach_tmp(request: pytest.FixtureRequest) -> None:
+    """pytest makes its temporary dirs 0700: as root, open the parents for
+    traversal (not listing) so that the hook user reaches the hooks and data
+    under them, and let hooks leave their marker files in tmp_path itself."""
+    if os.geteuid() != 0 or "tmp_path" not in request.fixturenames:
+        return
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    tmp_path.chmod(0o777)
+    for d in tmp_path.parents:
+        if str(d) in ("/", "/tmp") or not d.is_relative_to("/tmp"):
+            break
+        mode = d.stat().st_mode
+        if not mode & 0o001:
+            d.chmod((mode & 0o7777) | 0o711)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,13 +85,16 @@ class AgentDirs:
         self.run = self.root / "run"
         for d in (self.hooks, self.state, self.run):
             d.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # Hooks (run as the hook user) leave their logs and markers here.
+            self.root.chmod(0o777)
 
     def hook(self, event: str, name: str, body: str, python: bool = False) -> Path:
         """Install an executable hook script (shell unless `python`)."""
         directory = self.hooks / event
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / name
-        shebang = f"#!{sys.executable}\n" if python else "#!/bin/sh\n"
+        shebang = f"#!{HOOK_PYTHON}\n" if python else "#!/bin/sh\n"
         path.write_text(shebang + textwrap.dedent(body).lstrip("\n"))
         path.chmod(0o755)
         return path

@@ -58,6 +58,10 @@ SUPPORTED_EVENTS = (
 class Runner(Protocol):
     """What the agent needs of hookvisor.hooks.runner.HookRunner."""
 
+    # Hook run records that could not be written, and the last cause (getVdsStats).
+    record_failures: int
+    last_record_error: str
+
     def run(
         self,
         event: str,

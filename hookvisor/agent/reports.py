@@ -146,14 +146,6 @@ def _libvirt_state(ctx: Context) -> dict[str, Any]:
     }
 
 
-def _record_failures(ctx: Context) -> dict[str, Any]:
-    """Hook run records that could not be written, as the engine counts them."""
-    runner = ctx.hooks.runner
-    failures = getattr(runner, "record_failures", getattr(runner, "records_failures", 0))
-    last = getattr(runner, "record_last_error", getattr(runner, "records_last_error", ""))
-    return {"hookRecordFailures": int(failures or 0), "hookRecordLastError": str(last or "")}
-
-
 def get_vds_stats(ctx: Context, started_at: float) -> dict[str, Any]:
     def build() -> dict[str, Any]:
         vms = ctx.registry.all()
@@ -168,7 +160,9 @@ def get_vds_stats(ctx: Context, started_at: float) -> dict[str, Any]:
             "cpuLoad": f"{os.getloadavg()[0]:.2f}",
             "elapsedTime": str(int(time.time() - started_at)),
             "libvirt": _libvirt_state(ctx),
-            **_record_failures(ctx),
+            # Hook run records lost (state dir read-only or full, ...), and why.
+            "hookRecordFailures": ctx.hooks.runner.record_failures,
+            "hookRecordLastError": ctx.hooks.runner.last_record_error,
         }
 
     result: dict[str, Any] = _report(ctx, "get_stats", build)

@@ -192,7 +192,8 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 def _script_info(script: Script, checksums: ChecksumCache,
                  manifests: ManifestCache) -> dict[str, Any]:
     info: dict[str, Any] = {"script": script.name, "checksum": checksums.checksum(script),
-                            "manifest": None, "manifest_error": None}
+                            "manifest": None, "manifest_error": None,
+                            "refused": script.refused}
     if script.manifest is not None:
         try:
             info["manifest"] = manifests.load(script.manifest).settings()
@@ -248,11 +249,19 @@ def cmd_list(args: argparse.Namespace) -> int:
                 style = None
             else:
                 manifest, style = "-", None
-            rows.append([info["script"], info["checksum"][:16], manifest])
+            if info["refused"]:
+                # It fails every run of the event: say so where the admin looks.
+                state, style = "REFUSED", "bold red"
+            else:
+                state = "ok"
+            rows.append([info["script"], state, info["checksum"][:16], manifest])
             styles.append(style)
         title = f"{name} ({', '.join(traits)})"
         if rows:
-            out.table(title, ["script", "sha256", "manifest"], rows, styles)
+            out.table(title, ["script", "state", "sha256", "manifest"], rows, styles)
+            for info in infos:
+                if info["refused"]:
+                    out.line(f"  {info['script']}: {info['refused']}", style="bold red")
         else:
             out.line(f"{title}: no scripts in {hooks_dir / name}")
     for name in unknown:

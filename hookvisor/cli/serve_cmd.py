@@ -99,6 +99,7 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     # Imported here so `hookvisor --help` does not load libvirt.
     from hookvisor.agent.core import Agent
     from hookvisor.agent.hookcalls import HookCalls
+    from hookvisor.hooks.identity import check as hook_user_problem
     from hookvisor.hooks.records import RunRecords
     from hookvisor.hooks.runner import HookRunner, RunnerConfig
     from hookvisor.props.registry import PropertyRegistry
@@ -122,9 +123,13 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     except (OSError, ValueError) as e:
         log.error("cannot start: %s", e)
         return 1
+    problem = hook_user_problem(settings.hook_user)
+    if problem is not None:
+        log.error("cannot start: %s", problem)
+        return 1
     runner = HookRunner(RunnerConfig.from_settings(settings), records)
     if runner.cleanup_stale():
-        log.info("removed hook data files left by an earlier agent")
+        log.info("removed hook data, launch flags and hook processes left by an earlier agent")
     hooks = HookCalls(runner)
     # VDSM only logs a failing before_vdsm_start; so do we (the engine records it).
     hooks.run("before_vdsm_start")

@@ -3,6 +3,8 @@
 SPEC §1: every regular, executable file of `<hooks_dir>/<event>/` (symlinks to
 such files count), dotfiles, sub-directories and non-executables skipped, in
 byte-wise sorted order of file name, the directory re-read on every event.
+A script that anyone but root could change is listed with `refused` set
+(hookvisor.hooks.trust): the runner fails it rather than skip it silently.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from hookvisor.hooks import trust
 from hookvisor.hooks.catalogue import EVENTS, get_event
 from hookvisor.hooks.manifest import MANIFEST_SUFFIX, manifest_names
 
@@ -29,6 +32,9 @@ class Script:
     # Its manifest, if the directory holds one (found in the same listing, so
     # a script without a manifest costs no extra system call).
     manifest: Path | None = None
+    # Why it may not run (writable by someone other than root, here or in its
+    # directories), with the fix; None if it may.
+    refused: str | None = None
 
 
 def _executable(path: str) -> os.stat_result | None:
@@ -48,7 +54,7 @@ def list_scripts(hooks_dir: Path, event: str) -> list[Script]:
     """
     get_event(event)
     directory = os.path.join(hooks_dir, event)
-    candidates: list[tuple[str, str]] = []
+    candidates: list[tuple[str, str, bool]] = []
     manifests: set[str] = set()
     try:
         with os.scandir(directory) as it:
@@ -61,21 +67,38 @@ def list_scripts(hooks_dir: Path, event: str) -> list[Script]:
                 if name.endswith(MANIFEST_SUFFIX):
                     manifests.add(name)
                 else:
-                    candidates.append((name, entry.path))
+                    candidates.append((name, entry.path, entry.is_symlink()))
     except (FileNotFoundError, NotADirectoryError):
         return []
     found: list[Script] = []
-    for name, path in candidates:
+    owners = trust.allowed_owners()
+    dir_problem: str | None = None
+    dirs_checked = False
+    for name, path, is_link in candidates:
         st = _executable(path)
         if st is None:
             continue
+        if not dirs_checked:
+            # Only once there is something to run: an event without scripts costs nothing.
+            dir_problem = trust.check_dir(str(hooks_dir), owners) or trust.check_dir(
+                directory, owners)
+            dirs_checked = True
+        refused = dir_problem or trust.check_script(path, st, is_link, owners)
         manifest = None
         if manifests:
             for candidate in manifest_names(name):
                 if candidate in manifests:
                     manifest = Path(directory, candidate)
                     break
-        found.append(Script(name, Path(path), st.st_ino, st.st_size, st.st_mtime_ns, manifest))
+        if manifest is not None and refused is None:
+            # A manifest can skip its script (when_property) or stretch its
+            # timeout: it must be as trusted as the script.
+            try:
+                refused = trust.problem(str(manifest), os.stat(manifest), owners)
+            except OSError as e:
+                refused = f"cannot check {manifest}: {e.strerror}"
+        found.append(Script(name, Path(path), st.st_ino, st.st_size, st.st_mtime_ns, manifest,
+                            refused))
     # Byte-wise, not locale or natural order: what `LC_ALL=C ls` shows.
     found.sort(key=lambda s: os.fsencode(s.name))
     return found

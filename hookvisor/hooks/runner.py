@@ -1,23 +1,28 @@
 """HookRunner: runs one chain of hook scripts for one event -> ChainResult.
 
-One runner for every event of the catalogue. Per chain: one data file (0600, in
-the run dir, always removed), one environment. Per script: its own process
-group, stdout/stderr to anonymous files (not pipes, so a background child left
-behind cannot hold the chain), a timeout enforced with SIGTERM to the group,
-a grace period, then SIGKILL. Records are written once, at the end of the chain.
+One runner for every event of the catalogue. Per chain: one directory of the
+hook user's in the run dir (0700, always removed) holding the data file (0600,
+the hook user's), one environment. Per script: run as the hook user (an agent
+running as root; the vdsm start/stop events as root), its own process group,
+stdout/stderr read through pipes and capped while read (hookvisor.hooks.spawn),
+a timeout enforced with SIGTERM to the group, a grace period, then SIGKILL; its
+group noted on disk while it runs (hookvisor.hooks.groups). A script anyone
+but root could change is refused. Records are written once, at the end of the
+chain.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import errno
 import logging
 import os
-import select
+import shutil
 import signal
 import sqlite3
+import stat
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -25,13 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hookvisor.hooks import validation
+from hookvisor.hooks import diffs, groups, identity, validation
+from hookvisor.hooks import spawn as spawn_mod
 from hookvisor.hooks.catalogue import Event, Payload, get_event
 from hookvisor.hooks.discovery import ChecksumCache, Script, installed, list_scripts
 from hookvisor.hooks.environment import build_environment
+from hookvisor.hooks.identity import HookUser, HookUserError
 from hookvisor.hooks.launchflags import flags_dir
 from hookvisor.hooks.manifest import Manifest, ManifestCache, ManifestError
 from hookvisor.hooks.records import FAILED_OUTCOMES, RunRecord, RunRecords
+from hookvisor.hooks.spawn import Child, Stream, close_streams, open_streams
 
 if TYPE_CHECKING:
     from hookvisor.config import Settings
@@ -39,6 +47,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTPUT_CAP = 64 * 1024
+DIFF_CAP = 256 * 1024
+# What a hook may leave as data: far above any sane domain XML, far below
+# what would hurt the agent.
+DATA_CAP = 64 * 1024 * 1024
 TEMP_PREFIX = "hook-"
 
 
@@ -59,6 +71,10 @@ class RunnerConfig:
     kill_leftovers: bool = False
     # The agent's environment; None means os.environ at the time of the run.
     base_env: Mapping[str, str] | None = None
+    diff_cap: int = DIFF_CAP
+    data_cap: int = DATA_CAP
+    # Who hooks run as when the agent is root (None: as the agent, never switch).
+    hook_user: str | None = "hookvisor"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunnerConfig:
@@ -72,6 +88,9 @@ class RunnerConfig:
             event_timeouts=per_event,
             script_timeouts=per_script,
             grace=settings.hook_grace,
+            output_cap=settings.hook_output_cap,
+            diff_cap=settings.hook_diff_cap,
+            hook_user=settings.hook_user,
         )
 
     def timeout_for(self, event: str, script: str, manifest: Manifest | None) -> float:
@@ -144,68 +163,62 @@ class ChainResult:
         return "; ".join(r.describe() for r in failures)
 
 
-def _anon_file(directory: str) -> int:
-    """A read-write file with no name: nothing to remove, whatever happens.
+class BadData(Exception):
+    """What a hook left in place of the data file cannot be read back safely."""
 
-    A memfd first: no file system is involved, so creating and dropping one
-    costs no journal work (an unlinked ext4 inode does).
+
+def _read_data(path: str, owner: int, cap: int) -> bytes | None:
+    """The data file as a hook left it; None if it removed it.
+
+    The hook user owns the chain's directory: what is there now may be a
+    symlink, a FIFO, a hard link to someone else's file or something huge.
+    Only a regular file of the expected owner, with one link, up to `cap`
+    bytes, is read (BadData otherwise).
     """
     try:
-        return os.memfd_create("hook-output", os.MFD_CLOEXEC)
-    except (AttributeError, OSError):
-        pass
-    try:
-        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            raise
-    fd, path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
-    os.unlink(path)
-    return fd
-
-
-def _read_capped(fd: int, cap: int) -> tuple[str, bool, bool]:
-    """(text, cut, anything written) of a script's output file."""
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return "", False, False
-    data = os.pread(fd, min(size, cap + 1), 0)
-    cut = len(data) > cap
-    return data[:cap].decode("utf-8", errors="replace"), cut, bool(data)
-
-
-def _read_data(path: str) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise BadData("replaced the data file with a symlink") from None
+        raise BadData(f"left a data file that cannot be read: {e.strerror}") from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadData("replaced the data file with something not a regular file")
+        if st.st_uid != owner or st.st_nlink != 1:
+            raise BadData("replaced the data file with a file of another owner or a hard link")
+        if st.st_size > cap:
+            raise BadData(f"grew the data file beyond {cap} bytes")
         # Sized reads: os.read(fd, n) allocates n bytes up front.
         chunks = []
-        while chunk := os.read(fd, os.fstat(fd).st_size + 1):
+        total = 0
+        while chunk := os.read(fd, min(max(st.st_size, 1 << 16), cap + 1 - total)):
             chunks.append(chunk)
+            total += len(chunk)
+            if total > cap:
+                raise BadData(f"grew the data file beyond {cap} bytes")
         return b"".join(chunks)
     finally:
         os.close(fd)
 
 
-def _write_data(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+def _create_data(directory: str, name: str, data: bytes, user: HookUser | None) -> str:
+    """A new data file `name` in `directory` (replacing whatever the hook left there)."""
+    fd, tmp = tempfile.mkstemp(prefix=".new-", dir=directory)  # O_EXCL | O_NOFOLLOW, 0600
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if user is not None:
+            os.fchown(fd, user.uid, user.gid)
     finally:
         os.close(fd)
-
-
-def _diff(before: bytes, after: bytes | None, script: str) -> str:
-    if after is None:
-        return ""
-    old = before.decode("utf-8", errors="replace").splitlines(keepends=True)
-    new = after.decode("utf-8", errors="replace").splitlines(keepends=True)
-    lines = difflib.unified_diff(old, new, f"before {script}", f"after {script}")
-    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+    path = os.path.join(directory, name)
+    # rename replaces a planted symlink itself, never what it points to.
+    os.replace(tmp, path)
+    return path
 
 
 def _signal_name(signum: int) -> str:
@@ -213,11 +226,6 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return str(signum)
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -241,12 +249,8 @@ def _group_has_live_member(pgid: int) -> bool:
     for entry in entries:
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+        st = groups.proc_stat(int(entry))
+        if st is not None and st[1] == pgid and st[0] not in ("Z", "X"):
             return True
     return False
 
@@ -259,127 +263,24 @@ def _wait_group_gone(pgid: int, bound: float) -> None:
         delay = min(delay * 2, 0.02)
 
 
-class _Outputs:
-    """The stdout/stderr files of a chain's scripts, and /dev/null for stdin.
+@dataclass
+class _Chain:
+    """What the scripts of one chain share."""
 
-    Reused from script to script (truncated), except after a script that left
-    something running in its group: that leftover still holds the files and
-    would write into the next script's record, so the next script gets new ones.
-    """
-
-    def __init__(self, run_dir: str) -> None:
-        self.run_dir = run_dir
-        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self.out = -1
-        self.err = -1
-        self.leftovers = False
-        self.dirty = False  # the last script wrote something: truncate first
-
-    def fresh(self) -> tuple[int, int]:
-        if self.leftovers or self.out < 0:
-            self._close_files()
-            self.out = _anon_file(self.run_dir)
-            self.err = _anon_file(self.run_dir)
-            self.leftovers = False
-        elif self.dirty:
-            for fd in (self.out, self.err):
-                os.ftruncate(fd, 0)
-                os.lseek(fd, 0, os.SEEK_SET)
-        self.dirty = False
-        return self.out, self.err
-
-    def _close_files(self) -> None:
-        for fd in (self.out, self.err):
-            if fd >= 0:
-                os.close(fd)
-        self.out = self.err = -1
-
-    def close(self) -> None:
-        self._close_files()
-        os.close(self.devnull)
+    directory: str  # the hook user's, 0700, in the run dir
+    path: str  # the data file
+    name: str
+    user: HookUser | None
+    owner: int  # who owns the data file
+    env: dict[str, str]
+    env_list: list[bytes] | None
+    devnull: int
+    groups: groups.ChainGroups
 
 
-def _spawn(path: str, env: dict[str, str], stdin: int, stdout: int, stderr: int) -> int:
-    """Start `path` as the leader of a new process group; its pid.
-
-    posix_spawn (glibc: clone(CLONE_VM|CLONE_VFORK)) rather than Popen: no
-    Python-side pipe and pre-exec setup per script. Inherited descriptors need no
-    closing: everything Python opens is close-on-exec (PEP 446).
-    """
-    return os.posix_spawn(
-        path,
-        [path],
-        env,
-        file_actions=[
-            (os.POSIX_SPAWN_DUP2, stdin, 0),
-            (os.POSIX_SPAWN_DUP2, stdout, 1),
-            (os.POSIX_SPAWN_DUP2, stderr, 2),
-        ],
-        setpgroup=0,
-        # Python ignores SIGPIPE (and a thread may block signals); a hook must
-        # start with the defaults a shell script expects, as Popen's
-        # restore_signals gives.
-        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM),
-        setsigmask=(),
-    )
-
-
-class _Child:
-    """One script's process; waits on a pidfd so that exit wakes us at once."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.status: int | None = None
-        self.pidfd: int | None
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            self.pidfd = None
-
-    def wait_exit(self, timeout: float) -> bool:
-        """True once the process exited (not yet reaped when a pidfd is used)."""
-        deadline = time.monotonic() + timeout
-        if self.pidfd is None:
-            delay = 0.0005
-            while self.status is None:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-                if pid:
-                    self.status = status
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, 0.05)
-            return True
-        poller = select.poll()
-        poller.register(self.pidfd, select.POLLIN)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            if poller.poll(max(1, int(remaining * 1000 + 0.999))):
-                return True
-
-    def reap(self) -> int:
-        """The exit code, negative for a signal (as subprocess reports it)."""
-        if self.status is None:
-            _, self.status = os.waitpid(self.pid, 0)
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
-        return os.waitstatus_to_exitcode(self.status)
-
-    def stop(self, grace: float) -> None:
-        """SIGTERM to the whole group, grace, SIGKILL to the whole group."""
-        _killpg(self.pid, signal.SIGTERM)
-        self.wait_exit(grace)
-        # The leader is not reaped yet, so its pgid cannot have been reused.
-        _killpg(self.pid, signal.SIGKILL)
-
-    def kill(self) -> None:
-        _killpg(self.pid, signal.SIGKILL)
-        self.reap()
+# The names tests and older code use.
+_Child = Child
+_killpg = spawn_mod._killpg
 
 
 class HookRunner:
@@ -389,6 +290,15 @@ class HookRunner:
         self._checksums = ChecksumCache()
         self._manifests = ManifestCache()
         self._run_dir_ready = False
+        self._lock = threading.Lock()
+        self._user: HookUser | None = None
+        self._said_no_switch = False
+        # Chains' group files kept because a leftover of theirs still runs.
+        self._kept: list[groups.ChainGroups] = []
+        self._created = time.time()
+        # Records that could not be written (reported by getVdsStats).
+        self.record_failures = 0
+        self.last_record_error = ""
 
     def installed(self) -> dict[str, dict[str, dict[str, str]]]:
         return installed(self.config.hooks_dir, self._checksums)
@@ -396,20 +306,73 @@ class HookRunner:
     def scripts(self, event: str) -> list[Script]:
         return list_scripts(self.config.hooks_dir, event)
 
-    def _prepare_run_dir(self) -> str:
+    # --- who runs a hook, and where its files are -----------------------------
+
+    def hook_user(self, ev: Event) -> HookUser | None:
+        """The user the event's scripts run as; None: as the agent itself.
+
+        HookUserError if the agent is root and the hook user does not exist.
+        """
+        if ev.clean_env or self.config.hook_user is None:
+            return None  # before_vdsm_start / after_vdsm_stop: root (SPEC §1)
+        if not identity.can_switch():
+            if not self._said_no_switch:
+                self._said_no_switch = True
+                log.info("agent is not root: hooks run as uid %d, not as %s",
+                         os.geteuid(), self.config.hook_user)
+            return None
+        with self._lock:
+            if self._user is None:
+                # Looked up once: a user changed later needs an agent restart.
+                self._user = identity.lookup(self.config.hook_user)
+            return self._user
+
+    def _launch_dir(self) -> Path:
+        return self.config.launchflags_dir or flags_dir(self.config.run_dir)
+
+    def _prepare_run_dir(self, user: HookUser | None = None) -> str:
         run_dir = str(self.config.run_dir)
         if not self._run_dir_ready:
-            os.makedirs(run_dir, mode=0o700, exist_ok=True)
+            os.makedirs(run_dir, mode=0o711, exist_ok=True)
             self._run_dir_ready = True
+        if user is not None:
+            st = os.stat(run_dir)
+            if not st.st_mode & stat.S_IXOTH:
+                # The hook user reaches its chain directory through it; nothing
+                # in it can be listed or read through this bit.
+                os.chmod(run_dir, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+            self._prepare_launch_dir(user)
         return run_dir
 
-    def cleanup_stale(self) -> int:
-        """Remove data files left by a runner process that died (SIGKILL, power loss)."""
-        removed = 0
+    def _prepare_launch_dir(self, user: HookUser) -> None:
+        """Launch flags: a directory the hook user writes (hooking's dump does), no one else."""
+        path = str(self._launch_dir())
         try:
-            names = os.listdir(self.config.run_dir)
+            st = os.lstat(path)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o700)
+            st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, f"{path} is not a directory")
+        if st.st_uid != user.uid or stat.S_IMODE(st.st_mode) != 0o700:
+            os.chown(path, user.uid, user.gid, follow_symlinks=False)
+            os.chmod(path, 0o700)
+
+    def cleanup_stale(self) -> int:
+        """At agent start: remove what an agent that died (SIGKILL, power loss) left.
+
+        Its chains' data directories, the launch-flags files older than this
+        runner, and the process groups of hooks it left running (killed, with
+        SIGKILL, only if still the same groups). How many things were removed.
+        """
+        run_dir = str(self.config.run_dir)
+        # The groups first: a dead agent's hooks may still write in their directories.
+        removed = groups.kill_stale(Path(run_dir, groups.GROUPS_DIR))
+        try:
+            names = os.listdir(run_dir)
         except OSError:
-            return 0
+            names = []
         for name in names:
             parts = name.split("-")
             if not name.startswith(TEMP_PREFIX) or len(parts) < 3 or not parts[1].isdigit():
@@ -424,12 +387,38 @@ class HookRunner:
                 pass
             except PermissionError:
                 continue
+            path = os.path.join(run_dir, name)
             try:
-                os.unlink(os.path.join(self.config.run_dir, name))
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
                 removed += 1
             except OSError:
                 pass
+        removed += self._remove_stale_flags()
         return removed
+
+    def _remove_stale_flags(self) -> int:
+        """Launch flags live from before_vm_start to the VM's start: any file
+        older than this runner is a dead agent's."""
+        directory = str(self._launch_dir())
+        removed = 0
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            return 0
+        for entry in entries:
+            try:
+                # A second of slack: file times are coarser than time.time().
+                if entry.stat(follow_symlinks=False).st_mtime < self._created - 1.0:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                pass
+        return removed
+
+    # --- one chain ---------------------------------------------------------------
 
     def run(
         self,
@@ -456,25 +445,29 @@ class HookRunner:
             # An unreadable hook dir must not mean "no hooks": a vetoing hook
             # would be skipped without a word. It fails the chain instead.
             where = os.path.join(self.config.hooks_dir, event)
-            run = ScriptRun(f"({event})", event, "", "failed", None, 0.0, time.time(),
-                            message=f"cannot list {where}: {e.strerror}", stops_chain=True)
-            log.warning("%s", run.describe())
-            self._record(chain_id, ev, vm_id, [run])
-            return ChainResult(chain_id, ev, vm_id, data, [run], ev.vetoes)
+            return self._chain_failed(chain_id, ev, vm_id, data,
+                                      f"cannot list {where}: {e.strerror}")
         if not scripts:
             return ChainResult(chain_id, ev, vm_id, data, [], False)
+        try:
+            user = self.hook_user(ev)
+        except HookUserError as e:
+            return self._chain_failed(chain_id, ev, vm_id, data, str(e))
+        # OSError (run dir read-only, full, ...) goes to the caller, as before.
+        run_dir = self._prepare_run_dir(user)
         runs: list[ScriptRun] = []
-        run_dir = self._prepare_run_dir()
         suffix = ".json" if ev.payload is Payload.JSON else ".xml"
-        fd, path = tempfile.mkstemp(
-            prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=suffix, dir=run_dir
-        )
+        directory = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=run_dir)
+        chain_groups = groups.ChainGroups(Path(run_dir, groups.GROUPS_DIR), chain_id)
         refused: list[str] = []
+        devnull = -1
         try:
             initial = data.encode("utf-8")
-            with os.fdopen(fd, "wb") as f:
-                f.write(initial)
-            launch_dir = self.config.launchflags_dir or flags_dir(self.config.run_dir)
+            name = "data" + suffix
+            path = _create_data(directory, name, initial, user)
+            if user is not None:
+                # Created as root first: nothing of the hook user's was ever there.
+                os.chown(directory, user.uid, user.gid)
             environment = build_environment(
                 ev,
                 base_env=os.environ if self.config.base_env is None else self.config.base_env,
@@ -483,26 +476,62 @@ class HookRunner:
                 device_props=device_props,
                 extra_env=extra_env,
                 data_path=path,
-                launchflags_dir=str(launch_dir),
+                launchflags_dir=str(self._launch_dir()),
             )
             refused = environment.refused
+            env = environment.env
+            if user is not None:
+                env.update(user.env())
+            devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            chain = _Chain(directory, path, name, user,
+                           user.uid if user is not None else os.geteuid(), env,
+                           spawn_mod.encode_env(env) if user is not None else None,
+                           devnull, chain_groups)
             props = set(vm_props or {}) | set(device_props or {})
-            final = self._chain(ev, scripts, path, initial, environment.env, props, runs)
+            final = self._chain(ev, scripts, chain, initial, props, runs)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            if devnull >= 0:
+                os.close(devnull)
+            shutil.rmtree(directory, ignore_errors=True)
+            self._finish_groups(chain_groups)
             self._record(chain_id, ev, vm_id, runs)
         vetoed = ev.vetoes and any(r.failed and not r.ignored for r in runs)
         out = final.decode("utf-8") if ev.modifies else data
         return ChainResult(chain_id, ev, vm_id, out, runs, vetoed, refused)
 
+    def _chain_failed(self, chain_id: str, ev: Event, vm_id: str | None, data: str,
+                      message: str) -> ChainResult:
+        run = ScriptRun(f"({ev.name})", ev.name, "", "failed", None, 0.0, time.time(),
+                        message=message, stops_chain=True)
+        log.warning("%s", run.describe())
+        self._record(chain_id, ev, vm_id, [run])
+        return ChainResult(chain_id, ev, vm_id, data, [run], ev.vetoes)
+
+    def _finish_groups(self, chain_groups: groups.ChainGroups) -> None:
+        """Forget the chain's groups once gone; keep (and recheck later) those a
+        leftover still holds, so that a dead agent's successor can kill them."""
+        try:
+            alive = [g for g in chain_groups.groups if _group_has_live_member(g.pgid)]
+            kept = chain_groups.finish(alive)
+            with self._lock:
+                if kept:
+                    self._kept.append(chain_groups)
+                if not self._kept:
+                    return
+                old, self._kept = self._kept, []
+            still = [c for c in old
+                     if c.finish([g for g in c.groups if _group_has_live_member(g.pgid)])]
+            with self._lock:
+                self._kept.extend(still)
+        except OSError as e:
+            log.warning("cannot update the hook process group files: %s", e)
+
     def _chain(
         self,
         ev: Event,
         scripts: list[Script],
-        path: str,
+        chain: _Chain,
         initial: bytes,
-        env: dict[str, str],
         props: set[str],
         runs: list[ScriptRun],
     ) -> bytes:
@@ -510,43 +539,41 @@ class HookRunner:
         # Parsed only once a script changed the data: no-op chains never parse.
         base: validation.Baseline | None = None
         base_ready = False
-        run_dir = self._prepare_run_dir()
-        fds = _Outputs(run_dir)
-        try:
-            for script in scripts:
-                run, after = self._run_one(ev, script, path, current, env, props, fds)
-                if after != current:
-                    if ev.modifies and not run.failed:
-                        if not base_ready:
-                            base, base_ready = validation.baseline(ev.payload, initial), True
-                        problem = validation.check(ev.payload, base, after)
-                        if problem is not None:
-                            run.outcome = "invalid-output"
-                            run.stops_chain = True
-                            run.message = f"{problem}; its edits were discarded"
-                    if run.failed or after is None:
-                        # The next script sees the data as it was before this one.
-                        _write_data(path, current)
-                    else:
-                        current = after
-                runs.append(run)
-                if run.failed:
-                    log.warning("%s", run.describe())
-                if run.stops_chain:
-                    break
-        finally:
-            fds.close()
+        for script in scripts:
+            run, after = self._run_one(ev, script, chain, current, props)
+            if after != current:
+                if ev.modifies and not run.failed:
+                    if not base_ready:
+                        base, base_ready = validation.baseline(ev.payload, initial), True
+                    problem = validation.check(ev.payload, base, after)
+                    if problem is not None:
+                        run.outcome = "invalid-output"
+                        run.stops_chain = True
+                        run.message = f"{problem}; its edits were discarded"
+                if run.failed or after is None:
+                    # The next script sees the data as it was before this one.
+                    try:
+                        _create_data(chain.directory, chain.name, current, chain.user)
+                    except OSError as e:
+                        run.stops_chain = True
+                        run.message = "; ".join(
+                            m for m in (run.message, f"cannot restore the data file: {e}") if m)
+                else:
+                    current = after
+            runs.append(run)
+            if run.failed:
+                log.warning("%s", run.describe())
+            if run.stops_chain:
+                break
         return current
 
     def _run_one(
         self,
         ev: Event,
         script: Script,
-        path: str,
+        chain: _Chain,
         current: bytes,
-        env: dict[str, str],
         props: set[str],
-        fds: _Outputs,
     ) -> tuple[ScriptRun, bytes | None]:
         started = time.time()
         checksum = self._checksums.checksum(script)
@@ -559,6 +586,8 @@ class HookRunner:
             return run, current
 
         manifest_ignore = False
+        if script.refused is not None:
+            return result("failed", script.refused, True)
         manifest: Manifest | None = None
         if script.manifest is not None:
             try:
@@ -571,15 +600,27 @@ class HookRunner:
         timeout = self.config.timeout_for(ev.name, script.name, manifest)
         ignored = manifest_ignore = manifest is not None and manifest.on_failure == "ignore"
 
-        out_fd, err_fd = fds.fresh()
+        out, err, out_w, err_w = open_streams(self.config.output_cap)
+        streams: tuple[Stream, ...] = (out, err)
         t0 = time.monotonic()
         try:
-            pid = _spawn(str(script.path), env, fds.devnull, out_fd, err_fd)
+            try:
+                pid = spawn_mod.spawn(str(script.path), chain.env, chain.env_list, chain.devnull,
+                                      out_w, err_w, chain.user)
+            finally:
+                os.close(out_w)
+                os.close(err_w)
         except OSError as e:
+            close_streams(streams)
             return result("failed", f"cannot execute {script.path}: {e.strerror}", True)
-        child = _Child(pid)
+        child = _Child(pid, streams)
         timed_out = False
         try:
+            try:
+                chain.groups.add(pid, chain.owner, script.name)
+            except OSError as e:
+                # Only a dead agent's successor needs it: the hook runs anyway.
+                log.warning("cannot note the process group of %s: %s", script.name, e)
             if not child.wait_exit(timeout):
                 timed_out = True
                 child.stop(self.config.grace)
@@ -589,18 +630,20 @@ class HookRunner:
             if timed_out or self.config.kill_leftovers:
                 # SIGKILL is delivered asynchronously: return once the group is gone.
                 _wait_group_gone(pid, max(self.config.grace, 1.0))
-            fds.leftovers = _group_alive(pid)
         except BaseException:
             # Interrupted (KeyboardInterrupt, SystemExit): take the script with us.
             child.kill()
+            close_streams(streams)
             raise
         duration = time.monotonic() - t0
-        stdout, out_cut, out_used = _read_capped(out_fd, self.config.output_cap)
-        stderr, err_cut, err_used = _read_capped(err_fd, self.config.output_cap)
-        fds.dirty = out_used or err_used
+        close_streams(streams)  # reads what is left first
 
-        after = _read_data(path)
         message = ""
+        try:
+            after = _read_data(chain.path, chain.owner, self.config.data_cap)
+            bad = None
+        except BadData as e:
+            after, bad = None, str(e)
         if timed_out:
             outcome, stops = "timeout", True
             message = f"killed after the {timeout:g}s timeout"
@@ -618,13 +661,19 @@ class HookRunner:
                 outcome, stops = "failed", False
                 if rc > 2:
                     message = f"reserved return code {rc} (>2), counted as a failure"
-        if after is None:
+        if bad is not None:
+            if not timed_out:
+                outcome, stops = "invalid-output", True
+            message = "; ".join(m for m in (message, f"{bad}; its edits were discarded") if m)
+        elif after is None:
             message = "; ".join(m for m in (message, "removed the data file") if m)
+        diff = ""
+        if after is not None and after != current:
+            diff = diffs.unified(current, after, script.name, self.config.diff_cap)
         run = ScriptRun(
             script.name, ev.name, checksum, outcome, rc_out, duration, started,
-            stdout, stderr, out_cut, err_cut,
-            diff=_diff(current, after, script.name) if after != current else "",
-            message=message, ignored=ignored,
+            out.text(), err.text(), out.cut, err.cut,
+            diff=diff, message=message, ignored=ignored,
             stops_chain=stops, pgid=pid,
         )
         return run, after
@@ -642,5 +691,30 @@ class HookRunner:
                 for r in runs
             )
         except (sqlite3.Error, OSError) as e:
-            # Losing a record must never change what the operation does.
-            log.warning("could not record hook runs of %s: %s", ev.name, e)
+            # Losing a record must never change what the operation does; it is
+            # counted and reported (getVdsStats) with its real cause.
+            where = getattr(self.records, "path", "?")
+            cause = f"{type(e).__name__}: {e}"
+            if isinstance(e, sqlite3.Error):
+                cause += _fs_cause(Path(str(where)))
+            with self._lock:
+                self.record_failures += 1
+                self.last_record_error = f"{where}: {cause}"
+            log.warning("could not record %d hook run(s) of %s in %s: %s", len(runs), ev.name,
+                        where, cause)
+
+
+def _fs_cause(path: Path) -> str:
+    """SQLite says "readonly database" or "disk I/O error"; the file system says why."""
+    directory = path.parent
+    try:
+        st = os.statvfs(directory)
+    except OSError as e:
+        return f" ({directory}: {e.strerror})"
+    if st.f_flag & os.ST_RDONLY:
+        return f" ({directory} is on a read-only file system)"
+    if st.f_bavail == 0:
+        return f" ({directory}: no space left on device)"
+    if not os.access(directory, os.W_OK):
+        return f" ({directory} is not writable)"
+    return ""

@@ -114,3 +114,15 @@ def test_verbs_answer_recovery_until_recovered(dirs: Any) -> None:
     finally:
         agent.close()
         props.close()
+
+
+def test_lost_hook_records_reported_by_getvdsstats(dirs: Any, inproc_agent: Any) -> None:
+    # The record store cannot be opened (a directory where the file should be):
+    # the record of before_vdsm_start is lost, counted and reported with its cause.
+    (dirs.state / "hookruns.sqlite").mkdir()
+    dirs.hook("before_vdsm_start", "50_x", "exit 0\n")
+    agent = inproc_agent()
+    info = agent.api.getVdsStats()["info"]
+    assert info["hookRecordFailures"] == 1
+    assert "hookruns.sqlite" in info["hookRecordLastError"]
+    assert "unable to open database file" in info["hookRecordLastError"]

@@ -146,7 +146,8 @@ def test_environment_inside_the_hook(hooks_dir: Path, make_runner: MakeRunner) -
     assert lines[1] == "1000"  # the VM's property wins over the device's
     assert lines[2] == "full"
     assert lines[3] == "žluťoučký — 日本"
-    assert Path(lines[4]).parent == make_runner().config.run_dir
+    # In the chain's own directory of the run dir.
+    assert Path(lines[4]).parent.parent == make_runner().config.run_dir
     assert lines[5] == "agent-side"
     assert lines[6] == DEVICE
 
