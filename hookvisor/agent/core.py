@@ -19,6 +19,7 @@ from typing import Any
 from hookvisor.agent import lifecycle, recovery, reports
 from hookvisor.agent.context import Context, PropertyChecker
 from hookvisor.agent.hookcalls import HookCalls
+from hookvisor.agent.network import NetworkService
 from hookvisor.agent.registry import VmRegistry
 from hookvisor.agent.vm import DOWN, PAUSED, UP, Vm, status_from_libvirt
 from hookvisor.errors import Code, VdsmError
@@ -56,6 +57,8 @@ class Agent:
         # Event follow-ups run hooks and take VM locks: never on libvirt's event thread.
         self._events = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vm-events")
         self._closed = threading.Event()
+        # Host networking; None: setupNetworks answers noimpl (set by the server).
+        self.network: NetworkService | None = None
         host.on_lifecycle(self._on_lifecycle, _WATCHED)
 
     # --- start and stop -------------------------------------------------------
@@ -110,6 +113,23 @@ class Agent:
 
     def get_vds_stats(self) -> dict[str, Any]:
         return reports.get_vds_stats(self.ctx, self.started_at)
+
+    def setup_networks(self, networks: Any, bondings: Any = None,
+                       options: Any = None) -> None:
+        self._network("setupNetworks").setup(networks, bondings, options)
+
+    def set_safe_network_config(self) -> None:
+        self._network("setSafeNetworkConfig").set_safe()
+
+    def touch(self) -> None:
+        """A client call arrived (a pending connectivity check waits for one)."""
+        if self.network is not None:
+            self.network.touch()
+
+    def _network(self, verb: str) -> NetworkService:
+        if self.network is None:
+            raise VdsmError(Code.NOIMPL, f"{verb}: host networking is not enabled")
+        return self.network
 
     def get_custom_property_definitions(self) -> dict[str, Any]:
         return dict(self.ctx.props.definitions())

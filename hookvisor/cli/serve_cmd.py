@@ -130,6 +130,7 @@ def serve(settings: Settings, ready: threading.Event | None = None,
         hooks.run("after_vdsm_stop")
         return 1
     agent = Agent(host, hooks, props, settings.run_dir, settings.cluster_version, records)
+    agent.network = _network(settings, hooks, props)
     try:
         server = make_server(agent, settings.listen)
     except (OSError, ValueError) as e:
@@ -158,6 +159,20 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     props.close()
     log.info("stopped")
     return 0
+
+
+def _network(settings: Settings, hooks: Any, props: Any) -> Any:
+    """The network service, its safe setup restored (an unconfirmed one rolled back)."""
+    from hookvisor.agent.network import NetworkService
+    from hookvisor.net.persist import NetStore
+
+    service = NetworkService(hooks, props, NetStore(settings.state_dir / "net"),
+                             settings.net_netns or None, settings.net_lock_wait)
+    try:
+        service.restore()
+    except Exception as e:  # the agent still serves VMs; networks are reported as they are
+        log.error("network: cannot restore the safe setup: %s", e)
+    return service
 
 
 def _request_stop(stop: threading.Event, signum: int) -> None:
