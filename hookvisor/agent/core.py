@@ -109,7 +109,8 @@ class Agent:
         return reports.get_all_vm_stats(self.ctx)
 
     def get_vds_capabilities(self) -> dict[str, Any]:
-        return reports.get_vds_capabilities(self.ctx, self.cluster_version)
+        extra = self.network.capabilities if self.network is not None else None
+        return reports.get_vds_capabilities(self.ctx, self.cluster_version, extra)
 
     def get_vds_stats(self) -> dict[str, Any]:
         return reports.get_vds_stats(self.ctx, self.started_at)

@@ -29,6 +29,7 @@ from hookvisor.net.apply import ApplyError, PlanError, Step, execute, plan, roll
 from hookvisor.net.model import Config, Request, RequestError, parse_request
 from hookvisor.net.netlink import Netlink, NetlinkFailure
 from hookvisor.net.persist import NetStore, StoreError, restore_request
+from hookvisor.net.report import capabilities
 from hookvisor.props.errors import PropertyError
 
 log = logging.getLogger("hookvisor.net")
@@ -82,6 +83,16 @@ class NetworkService:
                     log.info("network: restoring the safe setup (%d step(s))", len(p.steps))
                 execute(nl, p.steps)
             self.store.save_running(safe)
+
+    def capabilities(self) -> dict[str, Any]:
+        """nics, bridges, vlans, bondings, networks: read from netlink on every call."""
+        try:
+            with self.netlink() as nl:
+                state = nl.state()
+            return capabilities(state, self.store.running())
+        except (NetlinkFailure, StoreError) as e:
+            log.warning("network: capabilities without networks: %s", e)
+            return {}
 
     # --- the work -------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""The verbs over XML-RPC from a served agent whose `net_netns` is the test's namespace."""
+
+from __future__ import annotations
+
+import threading
+import time
+import xmlrpc.client
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Namespace
+
+from hookvisor.cli.serve_cmd import serve
+from hookvisor.config import load_settings
+
+
+class Served:
+    def __init__(self, root: Path, ns: Namespace) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        for d in ("hooks", "state", "run"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        settings = load_settings(None, {
+            "libvirt_uri": "test:///default", "listen": f"127.0.0.1:{port}",
+            "hooks_dir": root / "hooks", "state_dir": root / "state", "run_dir": root / "run",
+            "net_netns": ns.name}, environ={})
+        self.url = f"http://127.0.0.1:{port}/"
+        self.ready, self.stop = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=serve, args=(settings, self.ready, self.stop),
+                                       daemon=True)
+        self.thread.start()
+        assert self.ready.wait(30)
+
+    def api(self) -> Any:
+        return xmlrpc.client.ServerProxy(self.url, allow_none=True)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+@pytest.fixture
+def served(tmp_path: Path, ns: Namespace) -> Iterator[Served]:
+    ns.veth("eth1")
+    ns.veth("eth2")
+    agent = Served(tmp_path, ns)
+    yield agent
+    agent.close()
+
+
+def test_caps_report_the_namespaces_nics(served: Served) -> None:
+    info = served.api().getVdsCapabilities()["info"]
+    assert {"eth1", "eth2"} <= set(info["nics"]) and "lo" not in info["nics"]
+    assert info["bridges"] == {} and info["networks"] == {}
+    assert "before_network_setup" in info["supportedHookEvents"]
+
+
+def test_setup_confirmed_by_a_second_call_is_kept_and_reported(
+        served: Served, ns: Namespace) -> None:
+    net = {"nic": "eth1", "ipaddr": "10.0.0.2", "netmask": "255.255.255.0",
+           "gateway": "10.0.0.1", "defaultRoute": True, "mtu": 1400}
+    replies: list[Any] = []
+    t = threading.Thread(target=lambda: replies.append(served.api().setupNetworks(
+        {"net1": net}, {}, {"connectivityCheck": True, "connectivityTimeout": 20})))
+    t.start()
+    # The setup is applied once its bridge exists; then any call confirms it.
+    deadline = time.monotonic() + 20
+    while ns.netlink().state().link("net1") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert served.api().list()["status"]["code"] == 0
+    t.join(30)
+    assert replies[0]["status"] == {"code": 0, "message": "Done"}
+    info = served.api().getVdsCapabilities()["info"]
+    assert info["bridges"]["net1"]["ports"] == ["eth1"]
+    assert info["bridges"]["net1"]["mtu"] == "1400"
+    entry = info["networks"]["net1"]
+    assert (entry["iface"], entry["bridged"], entry["addr"], entry["netmask"],
+            entry["gateway"], entry["ipv4defaultroute"], entry["nics"]) == \
+        ("net1", True, "10.0.0.2", "255.255.255.0", "10.0.0.1", True, ["eth1"])
+    assert served.api().setSafeNetworkConfig()["status"]["code"] == 0
+    removed = served.api().setupNetworks({"net1": {"remove": True}}, {}, {})
+    assert removed["status"]["code"] == 0
+    assert served.api().getVdsCapabilities()["info"]["networks"] == {}
+
+
+def test_a_bad_request_gets_a_clear_status(served: Served) -> None:
+    reply = served.api().setupNetworks({"net1": {"nic": "eth1", "vlan": 9999}}, {}, {})
+    assert reply["status"]["code"] == 100
+    assert "network net1.vlan: 9999 is out of range 1..4094" in reply["status"]["message"]
+    reply = served.api().setupNetworks({"net1": {"nic": "eth1"}}, {}, {})
+    assert reply["status"]["code"] == 0
