@@ -288,7 +288,7 @@ def plan(snapshot: State, old: Config, request: Request) -> Plan:
     released: set[str] = set()
     for link in s.links:
         master = s.name_of(link.master)
-        if master is None or link.name in gone:
+        if master is None:
             continue
         if link.name not in touched and master not in touched:
             continue
@@ -397,8 +397,9 @@ def plan(snapshot: State, old: Config, request: Request) -> Plan:
 
 
 def _recreate(s: State, link: Link) -> tuple[Step, ...]:
-    """Steps that bring a deleted device back as the snapshot shows it (ports come back
-    through their own undo steps, addresses and routes through theirs)."""
+    """Steps that bring a deleted device back as the snapshot shows it (its ports and its
+    own master come back through the undo of their release, addresses and routes through
+    theirs)."""
     name = link.name
     if link.kind == "bridge":
         first = Step(f"re-create bridge {name}", "add_bridge", (name, link.mac))
@@ -408,10 +409,8 @@ def _recreate(s: State, link: Link) -> tuple[Step, ...]:
     else:
         first = Step(f"re-create bond {name}", "add_bond",
                      (name, {"mode": link.bond_mode or "balance-rr"}, link.mac))
+    # Its master, if any, comes back through the undo of its release (phase 3).
     out = [first, Step(f"set mtu {link.mtu} on {name}", "set_mtu", (name, link.mtu))]
-    master = s.name_of(link.master)
-    if master is not None:
-        out.append(Step(f"re-enslave {name} to {master}", "set_master", (name, master)))
     if link.up:
         out.append(Step(f"set {name} up", "set_up", (name, True)))
     return tuple(out)
