@@ -94,3 +94,27 @@ def test_a_bad_request_gets_a_clear_status(served: Served) -> None:
     assert "network net1.vlan: 9999 is out of range 1..4094" in reply["status"]["message"]
     reply = served.api().setupNetworks({"net1": {"nic": "eth1"}}, {}, {})
     assert reply["status"]["code"] == 0
+
+
+def test_cli_setup_list_save(served: Served, ns: Namespace, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from hookvisor.cli.main import main
+
+    agent = served.url.removeprefix("http://").rstrip("/")
+    assert main(["net", "--agent", agent, "setup", "--network",
+                 "net1:nic=eth1,ipaddr=10.0.0.2,prefix=24,mtu=1400"]) == 0
+    assert ns.netlink().state().slaves_of("net1") == ["eth1"]
+    capsys.readouterr()
+    assert main(["net", "--agent", agent, "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["networks"]["net1"]["ipv4addrs"] == ["10.0.0.2/24"]
+    assert main(["net", "--agent", agent, "save"]) == 0
+    assert (tmp_path / "state" / "net" / "safe.json").exists()
+    request = tmp_path / "req.json"
+    request.write_text(json.dumps({"networks": {"net2": {"nic": "eth2", "vlan": 0}}}))
+    assert main(["net", "--agent", agent, "setup", str(request), "--remove", "net1"]) == 1
+    assert "network net2.vlan: 0 is out of range" in capsys.readouterr().err
+    assert main(["net", "--agent", agent, "setup", "--remove", "net1"]) == 0
+    assert ns.netlink().state().link("net1") is None
