@@ -235,12 +235,12 @@ def plan(snapshot: State, old: Config, request: Request) -> Plan:
         (name for name in touched
          if name in old_devs and old_devs[name].kind in _VIRTUAL and s.link(name) is not None
          and (name not in new_devs or is_recreated(name))),
-        key=lambda n: -_LAYER[old_devs[n].kind])
+        key=lambda n: (-_LAYER[old_devs[n].kind], n))
     created = sorted(
         (name for name in touched
          if name in new_devs and new_devs[name].kind in _VIRTUAL
          and (s.link(name) is None or name in deleted)),
-        key=lambda n: _LAYER[new_devs[n].kind])
+        key=lambda n: (_LAYER[new_devs[n].kind], n))
     gone = set(deleted)
     fresh = set(created)
 
@@ -324,7 +324,7 @@ def plan(snapshot: State, old: Config, request: Request) -> Plan:
 
     # 6. Masters: bond slaves must be down to join.
     downed: set[str] = set()
-    for name in sorted(touched & set(new_devs), key=lambda n: _LAYER[new_devs[n].kind]):
+    for name in sorted(touched & set(new_devs), key=lambda n: (_LAYER[new_devs[n].kind], n)):
         target = new_devs[name].master
         plink = s.link(name)
         before = None if (plink is None or name in released or name in fresh) \
@@ -369,6 +369,14 @@ def plan(snapshot: State, old: Config, request: Request) -> Plan:
         if name in fresh or ulink is None:
             steps.append(Step(f"set {name} up", "set_up", (name, True)))
         elif not ulink.up or name in downed:
+            steps.append(Step(f"set {name} up", "set_up", (name, True),
+                              (Step(f"set {name} down", "set_up", (name, False)),)))
+
+    # A slave leaving a bond is closed by the kernel: up again as it was.
+    for name in sorted(released - set(new_devs)):
+        ulink = s.link(name)
+        bond = s.name_of(ulink.master) if ulink is not None else None
+        if ulink is not None and ulink.up and bond in old_devs and old_devs[bond].kind == "bond":
             steps.append(Step(f"set {name} up", "set_up", (name, True),
                               (Step(f"set {name} down", "set_up", (name, False)),)))
 
@@ -441,6 +449,10 @@ def rollback(nl: Netlink, journal: Sequence[Step]) -> list[str]:
             try:
                 undo.run(nl)
             except NetlinkFailure as e:
+                if e.missing is not None and e.missing == undo.args[0]:
+                    # The device itself is gone (deleted, or vanished under us):
+                    # there is nothing of it left to restore.
+                    continue
                 if undo.action == "delete_link" and e.errno == ENODEV:
                     continue  # gone already: what the undo wanted
                 failures.append(f"{undo.text}: {e}")

@@ -34,10 +34,13 @@ _LACP_RATE = {"slow": 0, "fast": 1, "0": 0, "1": 1}
 class NetlinkFailure(Exception):
     """A netlink call the kernel refused; `errno` is the kernel's, when it gave one."""
 
-    def __init__(self, what: str, reason: str, errno: int | None = None) -> None:
+    def __init__(self, what: str, reason: str, errno: int | None = None,
+                 missing: str | None = None) -> None:
         super().__init__(f"{what}: {reason}")
         self.what = what
         self.errno = errno
+        # The device the call needed and did not find, if that is why it failed.
+        self.missing = missing
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,7 @@ class Netlink:
         what = what or f"look up {name}"
         found = self._call(what, self._ipr.link_lookup, ifname=name)
         if not found:
-            raise NetlinkFailure(what, "no such device", 19)
+            raise NetlinkFailure(what, "no such device", 19, missing=name)
         self._indexes[name] = int(found[0])
         return self._indexes[name]
 

@@ -96,7 +96,7 @@ def test_removing_a_bond_releases_its_slaves() -> None:
                   addrs=(), routes=())
     p = plan(state, setup, req({}, {"bond0": {"remove": True}}))
     assert p.describe() == ["release eth1 from bond0", "release eth2 from bond0",
-                            "delete bond bond0"]
+                            "delete bond bond0", "set eth1 up", "set eth2 up"]
     assert p.steps[2].undo[0].args == ("bond0", {"mode": "active-backup"}, "cc")
 
 
@@ -110,3 +110,13 @@ def test_a_bond_in_use_cannot_be_removed() -> None:
 def test_a_vlan_above_what_its_nic_can_take_is_refused() -> None:
     with pytest.raises(PlanError, match="mtu 9500 is out of what eth1 can take"):
         plan(HOST, Config(), req({"a": {"nic": "eth1", "vlan": 10, "mtu": 9500}}))
+
+
+def test_a_slave_leaving_a_bond_is_set_up_again() -> None:
+    setup = req({}, {"bond0": {"nics": ["eth1"], "options": "mode=1"}}).merged(Config())
+    state = State(links=(nic(2, "eth1", master=7),
+                         Link(7, "bond0", "bond", 1500, 68, 65535, None, True, "cc",
+                              bond_mode="active-backup")),
+                  addrs=(), routes=())
+    p = plan(state, setup, req({}, {"bond0": {"remove": True}}))
+    assert p.describe() == ["release eth1 from bond0", "delete bond bond0", "set eth1 up"]
