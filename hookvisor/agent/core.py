@@ -127,6 +127,10 @@ class Agent:
         if self.network is not None:
             self.network.touch()
 
+    def confirm_connectivity(self) -> None:
+        """VDSM's explicit "I can still reach you" for a pending connectivity check."""
+        self.touch()
+
     def _network(self, verb: str) -> NetworkService:
         if self.network is None:
             raise VdsmError(Code.NOIMPL, f"{verb}: host networking is not enabled")

@@ -46,6 +46,7 @@ def verb_table(agent: Agent) -> dict[str, Verb]:
         Verb("getVdsStats", agent.get_vds_stats, False, "info"),
         Verb("getHookRuns", agent.get_hook_runs, False, "hookRuns"),
         Verb("setupNetworks", agent.setup_networks, False, None, changes=True),
+        Verb("confirmConnectivity", agent.confirm_connectivity, False, None),
         Verb("setSafeNetworkConfig", agent.set_safe_network_config, False, None, changes=True),
         Verb("getCustomPropertyDefinitions", agent.get_custom_property_definitions, False,
              "definitions"),

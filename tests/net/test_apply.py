@@ -228,3 +228,19 @@ def test_a_plan_reads_nothing_twice(ns: Namespace) -> None:
     nl: Netlink = ns.netlink()
     state = nl.state()
     assert plan(state, Config(), req({"net1": NET1})) == plan(state, Config(), req({"net1": NET1}))
+
+
+def test_ipv6_address_and_default_route(ns: Namespace) -> None:
+    ns.veth("eth1")
+    nl = ns.netlink()
+    before = nl.state().comparable()
+    setup = apply(nl, Config(), req({"net6": {"nic": "eth1", "ipv6addr": "fd00:1::2/64",
+                                              "ipv6gateway": "fd00:1::1",
+                                              "defaultRoute": True}}))
+    state = nl.state()
+    assert [(a.address, a.prefix) for a in state.addrs_of("net6")] == [("fd00:1::2", 64)]
+    defaults = [(r.gateway, state.name_of(r.oif)) for r in state.routes
+                if r.dst is None and r.family == 10]
+    assert defaults == [("fd00:1::1", "net6")]
+    apply(nl, setup, req({"net6": {"remove": True}}))
+    assert nl.state().comparable() == before

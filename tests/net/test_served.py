@@ -71,7 +71,7 @@ def test_setup_confirmed_by_a_second_call_is_kept_and_reported(served: Served) -
     # after the setup is applied confirms it (one during the apply does not).
     deadline = time.monotonic() + 30
     while t.is_alive() and time.monotonic() < deadline:
-        assert served.api().list()["status"]["code"] == 0
+        assert served.api().confirmConnectivity()["status"]["code"] == 0
         time.sleep(0.1)
     t.join(30)
     assert replies[0]["status"] == {"code": 0, "message": "Done"}
@@ -118,3 +118,21 @@ def test_cli_setup_list_save(served: Served, ns: Namespace, tmp_path: Path,
     assert "network net2.vlan: 0 is out of range" in capsys.readouterr().err
     assert main(["net", "--agent", agent, "setup", "--remove", "net1"]) == 0
     assert ns.netlink().state().link("net1") is None
+
+
+def test_a_restarted_agent_restores_the_saved_setup(
+        served: Served, ns: Namespace, tmp_path: Path) -> None:
+    api = served.api()
+    assert api.setupNetworks({"keep": {"nic": "eth1", "ipaddr": "10.0.0.2", "prefix": 24}},
+                             {}, {})["status"]["code"] == 0
+    assert api.setSafeNetworkConfig()["status"]["code"] == 0
+    saved = ns.netlink().state().comparable()
+    assert api.setupNetworks({"keep": {"remove": True}, "tmp": {"nic": "eth2"}},
+                             {}, {})["status"]["code"] == 0
+    served.close()
+    again = Served(tmp_path, ns)  # same state dir: the unconfirmed setup is rolled back
+    try:
+        assert ns.netlink().state().comparable() == saved
+        assert set(again.api().getVdsCapabilities()["info"]["networks"]) == {"keep"}
+    finally:
+        again.close()
