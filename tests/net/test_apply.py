@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 import pytest
-from conftest import Namespace
+from net_support import Namespace
 
 from hookvisor.net.apply import ApplyError, PlanError, apply, execute, plan
 from hookvisor.net.model import Config, parse_request

@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 
-import guest
+import netguest as guest
 import pytest
 
 pytestmark = pytest.mark.libvirtd

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Namespace
+from net_support import Namespace
 
 from hookvisor.cli.serve_cmd import serve
 from hookvisor.config import load_settings

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Namespace
+from net_support import Namespace
 
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.network import NetworkService

@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 import pytest
-from conftest import Namespace
+from net_support import Namespace
 
 from hookvisor.net.apply import ApplyError, apply, execute, plan, rollback
 from hookvisor.net.model import Config, parse_request
