@@ -16,9 +16,6 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 IFF_UP = 0x1
 RTPROT_KERNEL = 2
 RT_TABLE_MAIN = 254
@@ -190,6 +187,12 @@ class Netlink:
         self.netns = netns
         # name -> ifindex, from the last dump: spares a lookup per call.
         self._indexes: dict[str, int] = {}
+        # Imported here: pyroute2 takes ~0.1 s to import, the agent needs it only
+        # once networks are asked about.
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        self._netlink_error: type[Exception] = NetlinkError
         try:
             self._ipr = IPRoute(netns=netns) if netns else IPRoute()
         except (NetlinkError, OSError) as e:
@@ -207,9 +210,10 @@ class Netlink:
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except NetlinkError as e:
-            code = e.code if isinstance(e.code, int) else None
-            raise NetlinkFailure(what, _reason(e), code) from e
+        except self._netlink_error as e:
+            code = getattr(e, "code", None)
+            code = code if isinstance(code, int) else None
+            raise NetlinkFailure(what, _reason(e, code), code) from e
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise NetlinkFailure(what, str(e)) from e
 
@@ -346,9 +350,8 @@ def _route_text(route: Route, oif_name: str | None) -> str:
     return f"{dst}{via}{dev}"
 
 
-def _reason(e: NetlinkError) -> str:
+def _reason(e: Exception, code: int | None) -> str:
     import os
 
-    code = e.code if isinstance(e.code, int) else 0
     text = str(e.args[1]) if len(e.args) > 1 else ""
     return text or (os.strerror(code) if code else str(e))
