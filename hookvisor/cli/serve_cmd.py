@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hookvisor.cli.common import (
     UsageError,
@@ -23,6 +23,11 @@ from hookvisor.cli.common import (
     settings_from_args,
 )
 from hookvisor.config import Settings
+
+if TYPE_CHECKING:
+    from hookvisor.agent.context import PropertyChecker
+    from hookvisor.agent.hookcalls import HookCalls
+    from hookvisor.agent.network import NetworkService
 
 log = logging.getLogger("hookvisor.serve")
 
@@ -161,7 +166,7 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     return 0
 
 
-def _network(settings: Settings, hooks: Any, props: Any) -> Any:
+def _network(settings: Settings, hooks: HookCalls, props: PropertyChecker) -> NetworkService:
     """The network service, its safe setup restored (an unconfirmed one rolled back)."""
     from hookvisor.agent.network import NetworkService
     from hookvisor.net.persist import NetStore
