@@ -14,8 +14,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+NETNS_DIR = Path("/var/run/netns")  # where `ip netns` and pyroute2 keep named namespaces
 IFF_UP = 0x1
 RTPROT_KERNEL = 2
 RT_TABLE_MAIN = 254
@@ -193,6 +195,10 @@ class Netlink:
         from pyroute2.netlink.exceptions import NetlinkError
 
         self._netlink_error: type[Exception] = NetlinkError
+        # pyroute2 would create a missing namespace, and configure that by mistake.
+        if netns and not (NETNS_DIR / netns).exists():
+            raise NetlinkFailure("open netlink", f"network namespace {netns!r} does not exist "
+                                 f"(no {NETNS_DIR / netns})")
         try:
             self._ipr = IPRoute(netns=netns) if netns else IPRoute()
         except (NetlinkError, OSError) as e:

@@ -53,6 +53,15 @@ def test_netlink_names_the_call_that_failed(ns: Namespace) -> None:
         nl.add_bridge("br0")
 
 
+def test_a_missing_namespace_is_not_created() -> None:
+    from pathlib import Path
+
+    name = "hvtest-missing-ns"
+    with pytest.raises(NetlinkFailure, match="network namespace 'hvtest-missing-ns' does not"):
+        Netlink(name)
+    assert not Path("/var/run/netns", name).exists()
+
+
 def test_this_kernel_has_no_vlans_so_the_vlan_call_fails_cleanly(ns: Namespace) -> None:
     ns.veth("eth1")
     nl = ns.netlink()

@@ -170,13 +170,15 @@ def test_one_setup_at_a_time(h: Harness) -> None:
 
     t = threading.Thread(target=first)
     t.start()
-    # Until the first holds the lock (its hook is running).
-    deadline = time.monotonic() + 10
-    while not service._lock.locked() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    with pytest.raises(VdsmError, match="setupNetworks: a network setup is in progress"):
-        service.setup({"net2": {"nic": "eth2"}}, {}, {})
-    t.join()
+    try:
+        # Until the first holds the lock (its hook is running).
+        deadline = time.monotonic() + 10
+        while not service._lock.locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(VdsmError, match="setupNetworks: a network setup is in progress"):
+            service.setup({"net2": {"nic": "eth2"}}, {}, {})
+    finally:
+        t.join()  # before the namespace goes
     assert not errors
     assert h.ns.netlink().state().link("net2") is None
 
