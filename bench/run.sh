@@ -2,13 +2,14 @@
 # Runs every benchmark side by side with its baseline. Each prints its ratio on
 # its last line; the last line of this script is the worst of them.
 # Needs a set-up venv (scripts/setup.sh); the qemu:///system part of the API
-# benchmark needs a running libvirtd (scripts/libvirtd.sh start, as root).
+# benchmark needs a running libvirtd (scripts/libvirtd.sh start, as root); the network
+# benchmark needs root (it makes a network namespace of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null 2>&1 || bash scripts/setup.sh
 out=$(mktemp); trap 'rm -f "$out"' EXIT
 worst=0
-for b in bench/hook_runner.py bench/api.py; do
+for b in bench/hook_runner.py bench/api.py bench/network.py; do
     echo "== $b"
     .venv/bin/python "$b" | tee "$out"
     ratio=$(tail -n 1 "$out" | sed -n 's/.*=\([0-9.]*\)$/\1/p')

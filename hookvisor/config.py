@@ -76,6 +76,13 @@ class Settings:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
 
+    # --- host networking (setupNetworks) ---
+    # The network namespace the agent configures, by name (`ip netns`); "" is the
+    # host's own. Tests and benchmarks point it at a namespace of their own.
+    net_netns: str = ""
+    # A second setupNetworks waits this long for the first, then is refused.
+    net_lock_wait: float = 30.0
+
     def pki_paths(self) -> tuple[Path, Path, Path]:
         """(CA certificate, host certificate, host key), defaults under pki_dir."""
         return (self.ca_cert or self.pki_dir / "certs" / "cacert.pem",

@@ -21,6 +21,7 @@ from typing import Any
 from hookvisor.agent import lifecycle, recovery, reports
 from hookvisor.agent.context import Context, PropertyChecker
 from hookvisor.agent.hookcalls import HookCalls
+from hookvisor.agent.network import NetworkService
 from hookvisor.agent.params import show
 from hookvisor.agent.registry import VmRegistry
 from hookvisor.agent.vm import DOWN, PAUSED, UP, Vm, status_from_libvirt
@@ -149,6 +150,8 @@ class Agent:
         self._closed = threading.Event()
         # Set while libvirt is lost and until the VMs are reconciled after it is back.
         self._stale = threading.Event()
+        # Host networking; None: setupNetworks answers noimpl (set by the server).
+        self.network: NetworkService | None = None
         host.on_lifecycle(self._on_lifecycle, _WATCHED)
         host.on_connection(self._on_connection)
 
@@ -211,10 +214,32 @@ class Agent:
         return reports.get_all_vm_stats(self.ctx)
 
     def get_vds_capabilities(self) -> dict[str, Any]:
-        return reports.get_vds_capabilities(self.ctx, self.cluster_version)
+        extra = self.network.capabilities if self.network is not None else None
+        return reports.get_vds_capabilities(self.ctx, self.cluster_version, extra)
 
     def get_vds_stats(self) -> dict[str, Any]:
         return reports.get_vds_stats(self.ctx, self.started_at)
+
+    def setup_networks(self, networks: Any, bondings: Any = None,
+                       options: Any = None) -> None:
+        self._network("setupNetworks").setup(networks, bondings, options)
+
+    def set_safe_network_config(self) -> None:
+        self._network("setSafeNetworkConfig").set_safe()
+
+    def touch(self) -> None:
+        """A client call arrived (a pending connectivity check waits for one)."""
+        if self.network is not None:
+            self.network.touch()
+
+    def confirm_connectivity(self) -> None:
+        """VDSM's explicit "I can still reach you" for a pending connectivity check."""
+        self.touch()
+
+    def _network(self, verb: str) -> NetworkService:
+        if self.network is None:
+            raise VdsmError(Code.NOIMPL, f"{verb}: host networking is not enabled")
+        return self.network
 
     def get_custom_property_definitions(self) -> dict[str, Any]:
         return dict(self.ctx.props.definitions())

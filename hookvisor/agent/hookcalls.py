@@ -52,6 +52,9 @@ SUPPORTED_EVENTS = (
     "after_get_vm_stats",
     "before_get_all_vm_stats",
     "after_get_all_vm_stats",
+    "before_network_setup",
+    "after_network_setup",
+    "after_network_setup_fail",
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import hookvisor
@@ -169,9 +170,14 @@ def get_vds_stats(ctx: Context, started_at: float) -> dict[str, Any]:
     return result
 
 
-def get_vds_capabilities(ctx: Context, cluster_version: str) -> dict[str, Any]:
+def get_vds_capabilities(ctx: Context, cluster_version: str,
+                         extra: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`extra`: more of the report built at the same time (the host's networks)."""
+
     def build() -> dict[str, Any]:
         info = ctx.host.host_info()
+        if extra is not None:
+            info.update(extra())
         info.update({
             "hooks": ctx.hooks.runner.installed(),
             "supportedHookEvents": list(SUPPORTED_EVENTS),

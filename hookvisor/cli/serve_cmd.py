@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hookvisor.cli.common import (
     UsageError,
@@ -25,6 +25,11 @@ from hookvisor.cli.common import (
 from hookvisor.cli.sdnotify import Notifier
 from hookvisor.cli.startup import unwritable_dir
 from hookvisor.config import Settings
+
+if TYPE_CHECKING:
+    from hookvisor.agent.context import PropertyChecker
+    from hookvisor.agent.hookcalls import HookCalls
+    from hookvisor.agent.network import NetworkService
 
 log = logging.getLogger("hookvisor.serve")
 
@@ -142,6 +147,7 @@ def serve(settings: Settings, ready: threading.Event | None = None,
         return 1
     agent = Agent(host, hooks, props, settings.run_dir, settings.cluster_version, records,
                   settings=settings)
+    agent.network = _network(settings, hooks, props)
     try:
         server = make_server(agent, settings.listen)
     except (OSError, ValueError) as e:
@@ -172,6 +178,20 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     props.close()
     log.info("stopped")
     return 0
+
+
+def _network(settings: Settings, hooks: HookCalls, props: PropertyChecker) -> NetworkService:
+    """The network service, its safe setup restored (an unconfirmed one rolled back)."""
+    from hookvisor.agent.network import NetworkService
+    from hookvisor.net.persist import NetStore
+
+    service = NetworkService(hooks, props, NetStore(settings.state_dir / "net"),
+                             settings.net_netns or None, settings.net_lock_wait)
+    try:
+        service.restore()
+    except Exception as e:  # the agent still serves VMs; networks are reported as they are
+        log.error("network: cannot restore the safe setup: %s", e)
+    return service
 
 
 def _request_stop(stop: threading.Event, signum: int) -> None:

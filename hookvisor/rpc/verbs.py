@@ -17,7 +17,7 @@ from hookvisor.agent.core import Agent
 # Verbs of SPEC §4 not built yet: `noimpl`, never a traceback.
 NOT_BUILT = frozenset({
     "hibernate", "migrate", "migrationCreate", "migrateStatus", "hotplugNic",
-    "hotunplugNic", "hotplugDisk", "hotunplugDisk", "vmUpdateDevice", "setupNetworks",
+    "hotunplugNic", "hotplugDisk", "hotunplugDisk", "vmUpdateDevice",
 })
 
 
@@ -45,6 +45,9 @@ def verb_table(agent: Agent) -> dict[str, Verb]:
         Verb("getVdsCapabilities", agent.get_vds_capabilities, False, "info"),
         Verb("getVdsStats", agent.get_vds_stats, False, "info"),
         Verb("getHookRuns", agent.get_hook_runs, False, "hookRuns"),
+        Verb("setupNetworks", agent.setup_networks, False, None, changes=True),
+        Verb("confirmConnectivity", agent.confirm_connectivity, False, None),
+        Verb("setSafeNetworkConfig", agent.set_safe_network_config, False, None, changes=True),
         Verb("getCustomPropertyDefinitions", agent.get_custom_property_definitions, False,
              "definitions"),
     )

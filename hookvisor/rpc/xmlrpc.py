@@ -96,6 +96,7 @@ class Dispatcher:
             what = "not implemented yet" if method in NOT_BUILT else "unknown verb"
             return status(Code.NOIMPL, f"{method}: {what}")
         verb = self._verbs[method]
+        self._agent.touch()  # any call is the sign a connectivity check waits for
         low, high = self._arity[method]
         if not low <= len(params) <= high:
             try:
