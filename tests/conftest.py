@@ -6,12 +6,16 @@ after a test is destroyed, and the test that left it fails.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -77,7 +81,52 @@ def dirs(tmp_path: Path) -> AgentDirs:
     return AgentDirs(tmp_path / "agent")
 
 
-def proxy(url: str) -> xmlrpc.client.ServerProxy:
+@dataclass(frozen=True)
+class LabPki:
+    """A CA with its host certificate (localhost, 127.0.0.1, ::1) and a client certificate."""
+
+    root: Path
+    client_cert: Path
+    client_key: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "certs" / "cacert.pem"
+
+    def client_context(self) -> ssl.SSLContext:
+        from hookvisor.rpc.client import client_tls_context
+
+        return client_tls_context(self.ca_cert, self.client_cert, self.client_key)
+
+
+_LAB: list[LabPki] = []
+
+
+def lab_pki() -> LabPki:
+    """One lab PKI per test session (made on first use, removed at exit)."""
+    if not _LAB:
+        from hookvisor import pki
+
+        root = Path(tempfile.mkdtemp(prefix="hvtest-pki-"))
+        atexit.register(shutil.rmtree, root, True)
+        pki.init(root / "pki")
+        client = pki.issue_client(root / "pki", root / "client", "hvtest-client")
+        _LAB.append(LabPki(root / "pki", client.cert, client.key))
+    return _LAB[0]
+
+
+def proxy(url: str, timeout: float | None = 120.0) -> xmlrpc.client.ServerProxy:
+    """A client of a served agent: `unix:PATH` (its socket) or `https://HOST:PORT/`
+    (mutual TLS with the lab PKI's client certificate)."""
+    from hookvisor.rpc.client import Address
+    from hookvisor.rpc.client import proxy as make_proxy
+
+    if url.startswith("unix:"):
+        return make_proxy(Address(socket=Path(url[5:])), timeout=timeout)
+    if url.startswith("https://"):
+        hostport = url[len("https://"):].rstrip("/")
+        return make_proxy(Address(hostport=hostport), timeout=timeout,
+                          tls=lab_pki().client_context())
     return xmlrpc.client.ServerProxy(url, allow_none=True)
 
 
@@ -97,15 +146,22 @@ def wait_ready(url: str, timeout: float = 30.0, alive: Callable[[], bool] = lamb
 
 
 class AgentProcess:
-    """`python -m hookvisor.cli.main serve ...` in a subprocess, its log in a file."""
+    """`python -m hookvisor.cli.main serve ...` in a subprocess, its log in a file.
+
+    It serves its Unix socket (`url`, `socket`) and mutual TLS with the lab PKI
+    on 127.0.0.1:`port` (`tls_url`); `api` talks over the socket.
+    """
 
     def __init__(self, dirs: AgentDirs, uri: str, extra: list[str] | None = None) -> None:
         self.dirs = dirs
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
+        self.socket = dirs.run / "hookvisor.sock"
+        self.url = f"unix:{self.socket}"
+        self.tls_url = f"https://127.0.0.1:{self.port}/"
         self.log_path = dirs.root / f"agent-{self.port}.log"
         argv = [sys.executable, "-m", "hookvisor.cli.main", "serve",
                 "--libvirt-uri", uri, "--listen", f"127.0.0.1:{self.port}",
+                "--pki-dir", str(lab_pki().root),
                 "--hooks-dir", str(dirs.hooks), "--state-dir", str(dirs.state),
                 "--run-dir", str(dirs.run), "--log-level", "DEBUG", *(extra or [])]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -156,10 +212,13 @@ class InProcessAgent:
 
         self.dirs = dirs
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
+        self.socket = dirs.run / "hookvisor.sock"
+        self.url = f"unix:{self.socket}"
+        self.tls_url = f"https://127.0.0.1:{self.port}/"
         settings = load_settings(
             None,
             {"libvirt_uri": uri, "listen": f"127.0.0.1:{self.port}",
+             "pki_dir": lab_pki().root,
              "hooks_dir": dirs.hooks, "state_dir": dirs.state, "run_dir": dirs.run},
             environ={},
         )
