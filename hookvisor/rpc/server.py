@@ -48,8 +48,11 @@ log = logging.getLogger("hookvisor.rpc.server")
 
 MAX_HEAD = 16 * 1024  # request line plus headers
 _RPC_PATHS = (b"/", b"/RPC2")
-_LINGER_BYTES = 1024 * 1024  # discarded after a 413, so a small overrun still sees it
-_LINGER_SECONDS = 1.0
+# After an error answer, what the client still sends is discarded (never kept)
+# up to this much and this long, so that a client which overshot a little
+# reads the answer rather than a reset; a 100 MB sender gets the reset.
+_LINGER_BYTES = 16 * 1024 * 1024
+_LINGER_SECONDS = 2.0
 _CHUNK = 256 * 1024
 
 
@@ -612,7 +615,8 @@ class AgentServer:
             conn.sock.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + _LINGER_SECONDS
             drained = 0
-            while drained < _LINGER_BYTES and time.monotonic() < deadline:
+            budget = min(_LINGER_BYTES, self.settings.max_request_bytes)
+            while drained < budget and time.monotonic() < deadline:
                 conn.sock.settimeout(max(0.01, deadline - time.monotonic()))
                 chunk = conn.sock.recv(65536)
                 if not chunk:
