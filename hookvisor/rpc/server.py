@@ -74,7 +74,8 @@ class _Conn:
     peer: str
     since: float
     handshaking: bool = False
-    # A local peer refused by its credentials: its request gets 403 and the reason.
+    # A local peer refused by its credentials: it was sent 403 and the reason, and
+    # what it sends is read and dropped by the selector until it goes (no worker).
     refused: str | None = None
     buf: bytearray = field(default_factory=bytearray)
 
@@ -96,6 +97,7 @@ def server_tls_context(settings: Settings) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     try:
         ctx.load_cert_chain(cert, key)
         ctx.load_verify_locations(cafile=str(ca))
@@ -138,6 +140,13 @@ class PeerPolicy:
             except KeyError:
                 pass
         return f"uid {uid} is not root and not in group {self.api_group!r}"
+
+
+def _error_response(code: int, reason: str) -> bytes:
+    # The reason is on the status line too: xmlrpc.client shows only that.
+    line = reason.replace("\r", " ").replace("\n", " ")[:300].encode("utf-8", "replace")
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s\n" % (code, line, len(line) + 1, line))
 
 
 class AgentServer:
@@ -350,6 +359,11 @@ class AgentServer:
             conn.refused = self.policy.refusal(uid)
             if conn.refused:
                 log.warning("refused local client %s: %s", conn.peer, conn.refused)
+                # Answered now, before it even asks; kept open (reading and dropping
+                # its request) so that it reads the answer rather than a broken pipe.
+                with contextlib.suppress(OSError):
+                    raw.send(_error_response(403, f"Forbidden: {conn.refused}"))
+                    raw.shutdown(socket.SHUT_WR)
             return conn
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = f"{addr[0]}:{addr[1]}"
@@ -392,6 +406,17 @@ class AgentServer:
     def _ready(self, conn: _Conn) -> None:
         if conn.handshaking:
             self._handshake(conn)
+            return
+        if conn.refused:
+            try:
+                if conn.sock.recv(65536):
+                    return
+            except BlockingIOError:
+                return
+            except OSError:
+                pass
+            self._unpark(conn)
+            self._close(conn)
             return
         self._unpark(conn)
         self._hand_over(conn)
@@ -437,7 +462,7 @@ class AgentServer:
     def _sweep(self, now: float) -> None:
         s = self.settings
         for conn in list(self._idle.values()):
-            limit = s.read_timeout if conn.handshaking else s.idle_timeout
+            limit = s.read_timeout if conn.handshaking or conn.refused else s.idle_timeout
             if now - conn.since > limit:
                 log.debug("closing %s connection from %s: %s", conn.kind, conn.peer,
                           "handshake too slow" if conn.handshaking else "idle")
@@ -531,8 +556,6 @@ class AgentServer:
         head = bytes(conn.buf[:end])
         del conn.buf[:end + 4]
         length, close = self._check_head(head)
-        if conn.refused:
-            raise HttpError(403, f"Forbidden: {conn.refused}")
         if length > self.settings.max_request_bytes:
             raise HttpError(413, f"Payload Too Large: {length} bytes, more than "
                             f"max_request_bytes={self.settings.max_request_bytes}")
@@ -603,13 +626,8 @@ class AgentServer:
             view = view[sent:]
 
     def _answer_error(self, conn: _Conn, e: HttpError) -> None:
-        # The reason is on the status line too: xmlrpc.client shows only that.
-        reason = e.reason.replace("\r", " ").replace("\n", " ")[:300]
-        body = (reason + "\n").encode("utf-8", "replace")
         try:
-            self._send(conn, b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
-                       b"Connection: close\r\nContent-Length: %d\r\n\r\n"
-                       % (e.code, reason.encode("utf-8", "replace"), len(body)) + body)
+            self._send(conn, _error_response(e.code, e.reason))
             # Lingering close: a client still sending a (small) body must read
             # the answer rather than a reset. Bounded; nothing is kept.
             conn.sock.shutdown(socket.SHUT_WR)
