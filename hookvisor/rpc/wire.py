@@ -20,8 +20,9 @@ import base64
 import binascii
 import re
 import xmlrpc.client
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from xml.parsers import expat
 
 from hookvisor.errors import Code
@@ -63,17 +64,20 @@ _NOVALUE: Any = object()
 
 
 class _Parser:
+    # Handlers are looked up per tag in a dict, and the text of an element is
+    # joined only where it is used: this runs for every element of every request.
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        self.max_string = limits.max_string_bytes
+        # Four elements per level of value nesting (value, array, data, value...).
+        self.max_depth = 4 * limits.max_nesting + 8
         self.frames: list[_Frame] = []
         self.containers = 0
         self.data: list[str] = []
         self.data_len = 0
         self.value: Any = _NOVALUE  # the typed value just closed, for </value>
-        self.in_value = False
         self.method: str | None = None
         self.params: list[Any] | None = None
-        self.seen_root = False
         self.depth = 0
 
     # -- paths, for messages --------------------------------------------------
@@ -89,123 +93,158 @@ class _Parser:
                 parts.append("." + (name if len(name) <= 64 else name[:64] + "..."))
         return "".join(parts) or "request"
 
-    def fail(self, what: str) -> None:
+    def fail(self, what: str) -> NoReturn:
         raise RequestError(f"{self.path()}: {what}")
 
     # -- expat handlers -------------------------------------------------------
     def start(self, tag: str, _attrs: dict[str, str]) -> None:
         self.depth += 1
-        # Four elements per level of value nesting (value, array, data, value...).
-        if self.depth > 4 * self.limits.max_nesting + 8:
+        if self.depth > self.max_depth:
             self.fail(f"nested deeper than max_nesting={self.limits.max_nesting}")
-        self.data.clear()
+        if self.data:
+            self.data = []
         self.data_len = 0
-        if not self.seen_root:
-            if tag != "methodCall":
-                raise RequestError(f"not an XML-RPC call: root element <{tag[:40]}>")
-            self.seen_root = True
-            return
-        if tag == "value":
-            self.in_value = True
-            self.value = _NOVALUE
-        elif tag in ("array", "struct"):
-            self.containers += 1
-            if self.containers > self.limits.max_nesting:
-                self.fail(f"nested deeper than max_nesting={self.limits.max_nesting}")
-            self.frames.append(_Frame(tag))
-            self.in_value = False
-        elif tag == "member":
-            if not self.frames or self.frames[-1].kind != "struct":
-                self.fail("<member> outside a <struct>")
-            self.frames.append(_Frame("member"))
-        elif tag == "params":
-            if self.params is not None or self.frames:
-                self.fail("<params> twice or misplaced")
-            frame = _Frame("params")
-            self.params = frame.items
-            self.frames.append(frame)
-        elif tag in _SCALARS:
-            self.in_value = False
-        elif tag not in ("methodName", "name", "data", "param"):
+        if self.depth == 1 and tag != "methodCall":
+            raise RequestError(f"not an XML-RPC call: root element <{tag[:40]}>")
+        try:
+            handler = _START[tag]
+        except KeyError:
             self.fail(f"unknown element <{tag[:40]}>")
+        if handler is not None:
+            handler(self, tag)
+
+    def _s_value(self, _tag: str) -> None:
+        self.value = _NOVALUE
+
+    def _s_container(self, tag: str) -> None:
+        self.containers += 1
+        if self.containers > self.limits.max_nesting:
+            self.fail(f"nested deeper than max_nesting={self.limits.max_nesting}")
+        self.frames.append(_Frame(tag))
+
+    def _s_member(self, _tag: str) -> None:
+        if not self.frames or self.frames[-1].kind != "struct":
+            self.fail("<member> outside a <struct>")
+        self.frames.append(_Frame("member"))
+
+    def _s_params(self, _tag: str) -> None:
+        if self.params is not None or self.frames:
+            self.fail("<params> twice or misplaced")
+        frame = _Frame("params")
+        self.params = frame.items
+        self.frames.append(frame)
 
     def chars(self, text: str) -> None:
         self.data_len += len(text)
-        if self.data_len > self.limits.max_string_bytes:
-            self.fail(f"string longer than max_string_bytes={self.limits.max_string_bytes}")
+        if self.data_len > self.max_string:
+            self.fail(f"string longer than max_string_bytes={self.max_string}")
         self.data.append(text)
 
     def end(self, tag: str) -> None:
         self.depth -= 1
-        text = "".join(self.data) if self.data else ""
-        self.data.clear()
+        handler = _END.get(tag)
+        if handler is not None:
+            handler(self, tag)
+        if self.data:
+            self.data = []
         self.data_len = 0
-        if tag == "value":
-            value = self.value if self.value is not _NOVALUE else text
-            self.value = _NOVALUE
-            self._put(value)
-        elif tag in ("array", "struct"):
-            frame = self.frames.pop()
-            self.containers -= 1
-            self.value = frame.items
-        elif tag == "member":
-            member = self.frames.pop()
-            if member.name is None or member.value is _NOVALUE:
-                self.fail("<member> without a <name> and a <value>")
-            self.frames[-1].items[member.name] = member.value
-        elif tag == "name":
-            if not self.frames or self.frames[-1].kind != "member":
-                self.fail("<name> outside a <member>")
-            self.frames[-1].name = text
-        elif tag == "methodName":
-            self.method = text.strip()
-        elif tag == "params":
-            self.frames.pop()
-        elif tag in _SCALARS:
-            self.value = self._scalar(tag, text)
 
-    def _put(self, value: Any) -> None:
+    def text(self) -> str:
+        data = self.data
+        return data[0] if len(data) == 1 else "".join(data)
+
+    def _e_value(self, _tag: str) -> None:
+        value = self.value
+        if value is _NOVALUE:
+            value = self.text()
+        self.value = _NOVALUE
         if not self.frames:
             self.fail("<value> outside <params>")
         frame = self.frames[-1]
-        if frame.kind in ("params", "array"):
-            frame.items.append(value)
-        elif frame.kind == "member":
+        kind = frame.kind
+        if kind == "member":
             frame.value = value
-        else:
+        elif kind == "struct":
             self.fail("<value> directly in a <struct>")
+        else:
+            frame.items.append(value)
 
-    def _scalar(self, tag: str, text: str) -> Any:
-        if tag == "string":
-            return text
-        if tag in _INTS:
-            digits = text.strip()
-            sign = digits[:1] in ("-", "+")
-            if len(digits) - sign > self.limits.max_int_digits:
-                self.fail(f"integer of {len(digits) - sign} digits, more than "
-                          f"max_int_digits={self.limits.max_int_digits}")
-            if not digits[sign:].isdigit() or not digits[sign:].isascii():
-                self.fail(f"<{tag}> is not an integer: {digits[:40]!r}")
-            return int(digits)
-        if tag == "boolean":
-            if text.strip() not in ("0", "1"):
-                self.fail(f"<boolean> must be 0 or 1, got {text.strip()[:40]!r}")
-            return text.strip() == "1"
-        if tag == "double":
-            if len(text) > _DOUBLE_MAX_CHARS:
-                self.fail(f"<double> of {len(text)} characters")
-            try:
-                return float(text.strip())
-            except ValueError:
-                self.fail(f"<double> is not a number: {text.strip()[:40]!r}")
-        if tag == "base64":
-            try:
-                return base64.b64decode(text.encode("ascii", "replace"))
-            except (binascii.Error, ValueError):
-                self.fail("<base64> is not base64")
-        if tag in ("nil", "ex:nil"):
-            return None
-        return text  # dateTime.iso8601: VDSM's verbs take none; kept as its text
+    def _e_container(self, _tag: str) -> None:
+        frame = self.frames.pop()
+        self.containers -= 1
+        self.value = frame.items
+
+    def _e_member(self, _tag: str) -> None:
+        member = self.frames.pop()
+        if member.name is None or member.value is _NOVALUE:
+            self.fail("<member> without a <name> and a <value>")
+        self.frames[-1].items[member.name] = member.value
+
+    def _e_name(self, _tag: str) -> None:
+        if not self.frames or self.frames[-1].kind != "member":
+            self.fail("<name> outside a <member>")
+        self.frames[-1].name = self.text()
+
+    def _e_method(self, _tag: str) -> None:
+        self.method = self.text().strip()
+
+    def _e_params(self, _tag: str) -> None:
+        self.frames.pop()
+
+    def _e_string(self, _tag: str) -> None:
+        self.value = self.text()
+
+    def _e_int(self, tag: str) -> None:
+        digits = self.text().strip()
+        sign = digits[:1] in ("-", "+")
+        if len(digits) - sign > self.limits.max_int_digits:
+            self.fail(f"integer of {len(digits) - sign} digits, more than "
+                      f"max_int_digits={self.limits.max_int_digits}")
+        if not digits[sign:].isdigit() or not digits[sign:].isascii():
+            self.fail(f"<{tag}> is not an integer: {digits[:40]!r}")
+        self.value = int(digits)
+
+    def _e_bool(self, _tag: str) -> None:
+        text = self.text().strip()
+        if text not in ("0", "1"):
+            self.fail(f"<boolean> must be 0 or 1, got {text[:40]!r}")
+        self.value = text == "1"
+
+    def _e_double(self, _tag: str) -> None:
+        text = self.text().strip()
+        if len(text) > _DOUBLE_MAX_CHARS:
+            self.fail(f"<double> of {len(text)} characters")
+        try:
+            self.value = float(text)
+        except ValueError:
+            self.fail(f"<double> is not a number: {text[:40]!r}")
+
+    def _e_base64(self, _tag: str) -> None:
+        try:
+            self.value = base64.b64decode(self.text().encode("ascii", "replace"))
+        except (binascii.Error, ValueError):
+            self.fail("<base64> is not base64")
+
+    def _e_nil(self, _tag: str) -> None:
+        self.value = None
+
+
+_Handler = Callable[[_Parser, str], None]
+_START: dict[str, _Handler | None] = {
+    "value": _Parser._s_value, "array": _Parser._s_container, "struct": _Parser._s_container,
+    "member": _Parser._s_member, "params": _Parser._s_params,
+    **dict.fromkeys(("methodCall", "methodName", "name", "data", "param", *_SCALARS)),
+}
+_END: dict[str, _Handler] = {
+    "value": _Parser._e_value, "array": _Parser._e_container,
+    "struct": _Parser._e_container, "member": _Parser._e_member, "name": _Parser._e_name,
+    "methodName": _Parser._e_method, "params": _Parser._e_params,
+    "string": _Parser._e_string, "boolean": _Parser._e_bool, "double": _Parser._e_double,
+    "base64": _Parser._e_base64, "nil": _Parser._e_nil, "ex:nil": _Parser._e_nil,
+    # VDSM's verbs take no dates: kept as their text.
+    "dateTime.iso8601": _Parser._e_string,
+    **dict.fromkeys(_INTS, _Parser._e_int),
+}
 
 
 def parse_request(body: bytes, limits: Limits) -> tuple[str, tuple[Any, ...]]:
