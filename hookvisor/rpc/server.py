@@ -124,8 +124,8 @@ class PeerPolicy:
             self.hook_uid = None
         self.hook_user = hook_user
 
-    def refusal(self, uid: int) -> str | None:
-        """None if `uid` may call the API, else the one-line reason."""
+    def refusal(self, uid: int, gid: int = -1) -> str | None:
+        """None if `uid` (process gid `gid`) may call the API, else the one-line reason."""
         if uid == 0:
             return None
         if uid == self.hook_uid:
@@ -133,6 +133,8 @@ class PeerPolicy:
         if uid == self.own_uid:
             return None
         if self.gid is not None:
+            if gid == self.gid:  # running as the group (sg, setgid): it may open the socket
+                return None
             try:
                 user = pwd.getpwuid(uid)
                 if self.gid in os.getgrouplist(user.pw_name, user.pw_gid):
@@ -354,9 +356,9 @@ class AgentServer:
         now = time.monotonic()
         if kind == "unix":
             cred = raw.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            pid, uid, _gid = struct.unpack("3i", cred)
+            pid, uid, gid = struct.unpack("3i", cred)
             conn = _Conn(raw, kind, f"pid {pid} uid {uid}", now)
-            conn.refused = self.policy.refusal(uid)
+            conn.refused = self.policy.refusal(uid, gid)
             if conn.refused:
                 log.warning("refused local client %s: %s", conn.peer, conn.refused)
                 # Answered now, before it even asks; kept open (reading and dropping

@@ -3,6 +3,7 @@ real clients over mutual TLS and the Unix socket."""
 
 from __future__ import annotations
 
+import grp
 import http.client
 import os
 import pwd
@@ -29,6 +30,7 @@ from hookvisor.rpc.client import (
     client_tls_context,
 )
 from hookvisor.rpc.client import proxy as make_proxy
+from hookvisor.rpc.server import PeerPolicy
 
 CALL = (b"<?xml version='1.0'?><methodCall><methodName>%s</methodName>"
         b"<params>%s</params></methodCall>")
@@ -222,6 +224,36 @@ def test_socket_refuses_a_user_neither_root_nor_in_the_group(agent: AgentProcess
     assert "refused local client" in agent.log() and "uid 65534" in agent.log()
     # Root is served on the same socket.
     assert agent.api.list()["status"]["code"] == 0
+
+
+def test_socket_serves_a_member_of_the_api_group_but_never_the_hook_user(
+        dirs: Any, serve_process: Any) -> None:
+    need_root()
+    # nobody's group is nogroup: made the API group, nobody is a member.
+    config = dirs.root / "hv.toml"
+    config.write_text('api_group = "nogroup"\n')
+    agent = serve_process(extra=["--config", str(config)])
+    assert agent.socket.stat().st_gid == grp.getgrnam("nogroup").gr_gid
+    os.chmod(agent.socket.parent, 0o711)
+    outcome, detail = _as_nobody(agent)
+    assert (outcome, detail) == ("http", "200 OK")
+    agent.stop()
+    # The same member, made the hook user: refused (a hook must not drive the API).
+    config.write_text('api_group = "nogroup"\nhook_user = "nobody"\n')
+    agent = serve_process(extra=["--config", str(config)])
+    os.chmod(agent.socket.parent, 0o711)
+    outcome, detail = _as_nobody(agent)
+    assert outcome == "http" and detail.startswith("403"), detail
+    assert "is the hook user 'nobody'" in detail
+
+
+def test_peer_policy_from_the_user_database() -> None:
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert PeerPolicy("nogroup", "hookvisor").refusal(nobody) is None
+    assert PeerPolicy("hookvisor-api-none", "hookvisor").refusal(nobody) is not None
+    assert "hook user" in (PeerPolicy("nogroup", "nobody").refusal(nobody) or "")
+    assert PeerPolicy("nogroup", "nobody").refusal(0) is None
+    assert PeerPolicy("none-such", "hookvisor").refusal(os.geteuid()) is None
 
 
 def test_socket_serves_root_and_keeps_the_connection(agent: AgentProcess) -> None:
