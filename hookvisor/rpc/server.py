@@ -166,6 +166,9 @@ class AgentServer:
         self.socket_path: Path | None = None
         self.tcp_address: str | None = None
         self._idle: dict[int, _Conn] = {}
+        # Handshaking or refused connections, oldest first (see _admit_unproven).
+        self._unproven: dict[int, _Conn] = {}
+        self._last_evict_log = 0.0
         self._returned: collections.deque[_Conn] = collections.deque()
         self._work: queue.SimpleQueue[_Conn | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -397,10 +400,31 @@ class AgentServer:
             self._close(conn)
             return
         self._idle[conn.sock.fileno()] = conn
+        if conn.handshaking or conn.refused:
+            self._admit_unproven(conn)
         if conn.handshaking:
             self._handshake(conn)
 
+    def _admit_unproven(self, conn: _Conn) -> None:
+        """Connections not (yet) authenticated take at most half of max_connections.
+
+        Past that the oldest of them goes: a flood of stalled handshakes cannot
+        fill the agent's connections and lock out the clients with certificates.
+        """
+        cap = max(1, self.settings.max_connections // 2)
+        while len(self._unproven) >= cap:
+            oldest = next(iter(self._unproven.values()))
+            now = time.monotonic()
+            if now - self._last_evict_log > 5:
+                self._last_evict_log = now
+                log.warning("%d connections without a certificate or refused: closing the "
+                            "oldest (%s) for a new one", cap, oldest.peer)
+            self._unpark(oldest)
+            self._close(oldest)
+        self._unproven[id(conn)] = conn
+
     def _unpark(self, conn: _Conn) -> None:
+        self._unproven.pop(id(conn), None)
         self._idle.pop(conn.sock.fileno(), None)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(conn.sock)
@@ -451,6 +475,7 @@ class AgentServer:
             self._close(conn)
             return
         conn.handshaking = False
+        self._unproven.pop(id(conn), None)
         conn.since = time.monotonic()
         cert = sock.getpeercert() or {}
         subject = dict(x[0] for x in cert.get("subject", ()))  # type: ignore[misc]

@@ -491,3 +491,33 @@ def test_beyond_max_connections_new_ones_are_closed(dirs: Any, serve_process: An
             time.sleep(0.1)
     else:
         raise AssertionError("agent did not serve again once connections closed")
+
+
+def test_stalled_handshakes_cannot_lock_out_a_client_with_a_certificate(
+        dirs: Any, serve_process: Any) -> None:
+    config = dirs.root / "hv.toml"
+    config.write_text("max_connections = 10\n")
+    agent = serve_process(extra=["--config", str(config)])
+    stalled = [socket.create_connection(("127.0.0.1", agent.port), 10) for _ in range(20)]
+    try:
+        assert proxy(agent.tls_url).list()["status"]["code"] == 0
+        assert agent.api.list()["status"]["code"] == 0
+        assert "connections without a certificate or refused: closing the oldest" in \
+            agent.log()
+        # The oldest stalled ones were closed by the agent.
+        stalled[0].settimeout(10)
+        assert stalled[0].recv(10) == b""
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_a_second_agent_on_the_same_socket_does_not_start(agent: AgentProcess,
+                                                         dirs: Any) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hookvisor.cli.main", "serve", "--listen", "",
+         "--hooks-dir", str(dirs.hooks), "--state-dir", str(dirs.state),
+         "--run-dir", str(dirs.run)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"another agent is serving on {agent.socket}" in proc.stderr
+    assert agent.api.list()["status"]["code"] == 0
