@@ -6,16 +6,12 @@ after a test is destroyed, and the test that left it fails.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
-import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -24,7 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import labpki
 import pytest
+from labpki import lab_pki
 
 QEMU_URI = "qemu:///system"
 TEST_URI = "test:///default"
@@ -81,53 +79,10 @@ def dirs(tmp_path: Path) -> AgentDirs:
     return AgentDirs(tmp_path / "agent")
 
 
-@dataclass(frozen=True)
-class LabPki:
-    """A CA with its host certificate (localhost, 127.0.0.1, ::1) and a client certificate."""
-
-    root: Path
-    client_cert: Path
-    client_key: Path
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.root / "certs" / "cacert.pem"
-
-    def client_context(self) -> ssl.SSLContext:
-        from hookvisor.rpc.client import client_tls_context
-
-        return client_tls_context(self.ca_cert, self.client_cert, self.client_key)
-
-
-_LAB: list[LabPki] = []
-
-
-def lab_pki() -> LabPki:
-    """One lab PKI per test session (made on first use, removed at exit)."""
-    if not _LAB:
-        from hookvisor import pki
-
-        root = Path(tempfile.mkdtemp(prefix="hvtest-pki-"))
-        atexit.register(shutil.rmtree, root, True)
-        pki.init(root / "pki")
-        client = pki.issue_client(root / "pki", root / "client", "hvtest-client")
-        _LAB.append(LabPki(root / "pki", client.cert, client.key))
-    return _LAB[0]
-
-
 def proxy(url: str, timeout: float | None = 120.0) -> xmlrpc.client.ServerProxy:
     """A client of a served agent: `unix:PATH` (its socket) or `https://HOST:PORT/`
     (mutual TLS with the lab PKI's client certificate)."""
-    from hookvisor.rpc.client import Address
-    from hookvisor.rpc.client import proxy as make_proxy
-
-    if url.startswith("unix:"):
-        return make_proxy(Address(socket=Path(url[5:])), timeout=timeout)
-    if url.startswith("https://"):
-        hostport = url[len("https://"):].rstrip("/")
-        return make_proxy(Address(hostport=hostport), timeout=timeout,
-                          tls=lab_pki().client_context())
-    return xmlrpc.client.ServerProxy(url, allow_none=True)
+    return labpki.proxy(url, timeout)
 
 
 def wait_ready(url: str, timeout: float = 30.0, alive: Callable[[], bool] = lambda: True) -> None:
@@ -313,3 +268,12 @@ def test_driver_leak_guard() -> Iterator[None]:
     yield
     leaked = hvtest_domains(TEST_URI)
     assert not leaked, f"test left domains behind on {TEST_URI}: {leaked}"
+
+
+@pytest.fixture(scope="module")
+def module_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    """One served agent (test:///default, in a subprocess) for a whole test module."""
+    agent = AgentProcess(AgentDirs(tmp_path_factory.mktemp("agent") / "agent"), TEST_URI)
+    yield agent
+    if agent.proc.poll() is None:
+        agent.stop(signal.SIGKILL)

@@ -7,7 +7,6 @@ import xmlrpc.client
 from typing import Any
 
 import pytest
-from conftest import AgentDirs, AgentProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,17 +34,14 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
 
 
 @pytest.fixture(scope="module")
-def fuzz_agent(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    dirs = AgentDirs(tmp_path_factory.mktemp("fuzz") / "agent")
-    agent = AgentProcess(dirs, "test:///default")
-    yield agent
-    agent.stop()
+def fuzz_agent(module_agent: Any) -> Any:
+    return module_agent
 
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(verb=st.sampled_from(VERBS), params=st.lists(values, max_size=3))
-def test_random_params_get_a_status_struct(fuzz_agent: AgentProcess, verb: str,
+def test_random_params_get_a_status_struct(fuzz_agent: Any, verb: str,
                                            params: list[Any]) -> None:
     api = fuzz_agent.api
     try:
@@ -59,6 +55,6 @@ def test_random_params_get_a_status_struct(fuzz_agent: AgentProcess, verb: str,
     assert api.getVdsStats()["status"]["code"] == 0
 
 
-def test_the_agent_still_answers_after_the_fuzzing(fuzz_agent: AgentProcess) -> None:
+def test_the_agent_still_answers_after_the_fuzzing(fuzz_agent: Any) -> None:
     assert fuzz_agent.api.list()["status"]["code"] == 0
     assert fuzz_agent.proc.poll() is None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AgentProcess, lab_pki, proxy
+from labpki import lab_pki, proxy
 
 from hookvisor import pki
 from hookvisor.rpc import unixsock
@@ -31,6 +31,8 @@ from hookvisor.rpc.client import (
 )
 from hookvisor.rpc.client import proxy as make_proxy
 from hookvisor.rpc.server import PeerPolicy
+
+AgentProcess = Any  # tests/conftest.py's served agent (conftest is not importable by name)
 
 CALL = (b"<?xml version='1.0'?><methodCall><methodName>%s</methodName>"
         b"<params>%s</params></methodCall>")
