@@ -178,6 +178,9 @@ class AgentClient:
         except (ExpatError, xmlrpc.client.ResponseError, http.client.HTTPException) as e:
             raise AgentError(f"bad reply from the agent at {where}: "
                              f"{type(e).__name__}: {e}") from None
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise AgentError(f"the agent at {where} closed the connection: {e} (a request "
+                             "over its max_request_bytes is refused unread)") from None
         except (ConnectionError, socket.gaierror, TimeoutError, OSError) as e:
             raise AgentError(f"cannot reach the agent at {where}: {e}") from None
         except OverflowError as e:  # xmlrpc.client cannot send ints past 32 bits

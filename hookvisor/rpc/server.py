@@ -582,10 +582,12 @@ class AgentServer:
             raise HttpError(431, "Request Header Fields Too Large")
         head = bytes(conn.buf[:end])
         del conn.buf[:end + 4]
-        length, close = self._check_head(head)
+        length, close, expect = self._check_head(head)
         if length > self.settings.max_request_bytes:
             raise HttpError(413, f"Payload Too Large: {length} bytes, more than "
                             f"max_request_bytes={self.settings.max_request_bytes}")
+        if expect and len(conn.buf) < length:
+            self._send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
         while len(conn.buf) < length:
             if not self._recv_into_buf(conn, deadline):
                 raise _Closed
@@ -597,7 +599,8 @@ class AgentServer:
                    + b"Content-Length: %d\r\n\r\n" % len(reply) + reply)
         return not close
 
-    def _check_head(self, head: bytes) -> tuple[int, bool]:
+    def _check_head(self, head: bytes) -> tuple[int, bool, bool]:
+        """(Content-Length, close after the reply, the client expects 100-continue)."""
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
@@ -630,7 +633,8 @@ class AgentServer:
         connection = headers.get(b"connection", b"").lower()
         close = connection == b"close" or (version == b"HTTP/1.0" and
                                            connection != b"keep-alive")
-        return int(raw_length), close
+        expect = headers.get(b"expect", b"").lower() == b"100-continue"
+        return int(raw_length), close, expect
 
     def _call(self, body: bytes) -> bytes:
         try:
