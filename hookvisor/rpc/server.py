@@ -643,7 +643,12 @@ class AgentServer:
             log.info("rpc: bad request: %s", e)
             return marshal_reply("request", status(Code.GENERAL, f"bad request: {e}"),
                                  self.limits)
-        return marshal_reply(method, self.dispatch(method, params), self.limits)
+        try:
+            reply = self.dispatch(method, params)
+        except Exception as e:  # the dispatcher catches the verbs'; this is a last guard
+            log.exception("rpc %s failed unexpectedly", method)
+            reply = status(Code.UNEXPECTED, f"{method}: unexpected error: {type(e).__name__}")
+        return marshal_reply(method, reply, self.limits)
 
     def _send(self, conn: _Conn, data: bytes) -> None:
         deadline = time.monotonic() + self.settings.read_timeout
