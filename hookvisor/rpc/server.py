@@ -345,12 +345,12 @@ class AgentServer:
                 if not full:
                     self._open += 1
             if full:
-                raw.close()
                 now = time.monotonic()
                 if now - self._last_full_log > 5:
                     self._last_full_log = now
                     log.warning("max_connections=%d reached: closing new connections",
                                 self.settings.max_connections)
+                raw.close()
                 continue
             raw.setblocking(False)
             conn = self._new_conn(raw, addr, kind)
