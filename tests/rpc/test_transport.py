@@ -523,3 +523,17 @@ def test_a_second_agent_on_the_same_socket_does_not_start(agent: AgentProcess,
     assert proc.returncode == 1
     assert f"another agent is serving on {agent.socket}" in proc.stderr
     assert agent.api.list()["status"]["code"] == 0
+
+
+def test_listening_on_every_address_is_logged(serve_process: Any) -> None:
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    agent = serve_process(extra=["--listen", f"0.0.0.0:{number}"])
+    assert f"listening on every address (0.0.0.0:{number})" in agent.log()
+    # Still mutual TLS there.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=str(lab_pki().ca_cert))
+    with pytest.raises(AgentError, match="TLS handshake refused"):
+        AgentClient(Address(hostport=f"127.0.0.1:{number}"), tls=ctx).call("list")
