@@ -34,7 +34,8 @@ def _client(args: argparse.Namespace) -> AgentClient:
     """One client per command: the Unix socket by default, TLS with --agent."""
     cached: AgentClient | None = getattr(args, "_client", None)
     if cached is None:
-        settings = settings_from_args(args, unix_socket=args.socket, pki_dir=args.pki_dir)
+        settings = settings_from_args(args, unix_socket=args.socket, pki_dir=args.pki_dir,
+                                      host_cert=args.cert, host_key=args.key)
         cached = AgentClient(address_for(settings, args.agent, args.insecure), settings)
         args._client = cached
     return cached
@@ -174,6 +175,9 @@ def register(sub: Any) -> None:
                         "<run dir>/hookvisor.sock; or HOOKVISOR_SOCKET, HOOKVISOR_RUN_DIR)")
     parser.add_argument("--pki-dir", type=Path, help="CA, certificate and key for --agent "
                         "(default /etc/pki/hookvisor; or HOOKVISOR_PKI_DIR)")
+    parser.add_argument("--cert", type=Path, help="with --agent: a client certificate "
+                        "(`hookvisor pki issue`) instead of the host's")
+    parser.add_argument("--key", type=Path, help="with --agent: the key of --cert")
     verbs = parser.add_subparsers(dest="vm_command", metavar="VERB", required=True)
 
     create = verbs.add_parser("create", help="create and start a VM")

@@ -128,6 +128,13 @@ def test_tls_by_the_vm_client(agent: AgentProcess, tmp_path: Path) -> None:
                           "list", "--json"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+    # An operator's own client certificate, as `hookvisor pki issue` made it.
+    lab = lab_pki()
+    out = subprocess.run([sys.executable, "-m", "hookvisor", "vm", "--agent",
+                          f"127.0.0.1:{agent.port}", "--pki-dir", str(lab.root),
+                          "--cert", str(lab.client_cert), "--key", str(lab.client_key),
+                          "list", "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
     pki.init(tmp_path / "other")
     out = subprocess.run([sys.executable, "-m", "hookvisor", "vm", "--agent",
                           f"127.0.0.1:{agent.port}", "--pki-dir", str(tmp_path / "other"),
