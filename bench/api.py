@@ -2,12 +2,17 @@
 
 Side by side in one run, on test:///default:
   (a) direct libvirt-python calls,
-  (b) a bare threaded XML-RPC server that answers with canned replies of the
-      same shape and size as the agent's (captured from the agent itself),
+  (b) a bare threaded XML-RPC server (stdlib, HTTP/1.1 keep-alive) that answers
+      with canned replies of the same shape and size as the agent's (captured
+      from the agent itself),
   (c) the agent (`hookvisor serve`, no hooks installed) through XML-RPC.
 For create+destroy of N VMs and for getAllVmStats over M VMs the figure is
 c / (a + b): 1.0 means the agent costs exactly libvirt plus the protocol.
 Rounds alternate a, b, c so that drift of the machine hits all three alike.
+Twice: over plain TCP (the agent with --insecure on loopback), and over
+mutual TLS with keep-alive (a lab PKI; the bare server over the same TLS).
+The cost of one TLS handshake (a new client connection's first call, less a
+call on a kept connection) is printed too.
 
 On qemu:///system (when reachable), one real diskless guest start+destroy
 through the agent over the same with direct libvirt: the direct guest is the
@@ -25,6 +30,7 @@ import platform
 import re
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -51,8 +57,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(port: int, proc: subprocess.Popen[bytes], verb: str = "getVdsStats") -> None:
-    proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/", allow_none=True)
+class Pki:
+    """A lab PKI (hookvisor.pki): the agent's host certificate and a client's."""
+
+    def __init__(self, root: Path) -> None:
+        from hookvisor import pki
+
+        self.root = root
+        pki.init(root)
+        client = pki.issue_client(root, root / "client", "bench")
+        self.ca = root / "certs" / "cacert.pem"
+        self.cert, self.key = client.cert, client.key
+
+    def client_context(self) -> ssl.SSLContext:
+        from hookvisor.rpc.client import client_tls_context
+
+        return client_tls_context(self.ca, self.cert, self.key)
+
+
+def make_proxy(port: int, tls: Pki | None) -> xmlrpc.client.ServerProxy:
+    """A keep-alive client: plain HTTP, or mutual TLS with the lab's client certificate."""
+    if tls is None:
+        return xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/", allow_none=True)
+    from hookvisor.rpc.client import Address, proxy
+
+    return proxy(Address(hostport=f"127.0.0.1:{port}"), tls=tls.client_context())
+
+
+def wait_for(port: int, proc: subprocess.Popen[bytes], tls: Pki | None = None,
+             verb: str = "getVdsStats") -> None:
+    proxy = make_proxy(port, tls)
     for _ in range(300):
         if proc.poll() is not None:
             raise SystemExit(f"server exited with {proc.returncode}")
@@ -99,19 +133,35 @@ def create_params(i: int, vm_id: str) -> dict[str, Any]:
 
 class _ThreadedServer(ThreadingMixIn, SimpleXMLRPCServer):
     daemon_threads = True
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True)
+        return sock, addr
 
 
 class _QuietHandler(SimpleXMLRPCRequestHandler):
+    # Keep-alive, as the agent: a client pays one connection (and handshake) in all.
+    protocol_version = "HTTP/1.1"
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-def serve_bare(port: int, canned_file: str) -> None:
+def serve_bare(port: int, canned_file: str, pki_dir: str | None) -> None:
     """Answers each verb with the agent's own reply, so payloads match in size."""
     loaded: Any = xmlrpc.client.loads(Path(canned_file).read_text())[0][0]
     canned: dict[str, Any] = loaded
     server = _ThreadedServer(("127.0.0.1", port), requestHandler=_QuietHandler,
                              allow_none=True, logRequests=False)
+    if pki_dir:
+        # The agent's own server context: same protocol, ciphers and client check.
+        from hookvisor.config import Settings
+        from hookvisor.rpc.server import server_tls_context
+
+        server.tls = server_tls_context(Settings(pki_dir=Path(pki_dir)))
     for verb, reply in canned.items():
         server.register_function((lambda r: lambda *a: r)(reply), verb)
     server.serve_forever()
@@ -126,21 +176,25 @@ def timed(func: Callable[[], None]) -> float:
 
 
 class Agent:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, tls: Pki | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="hv-bench-"))
         (self.tmp / "hooks").mkdir()
         self.port = free_port()
+        self.tls = tls
+        transport = ["--pki-dir", str(tls.root)] if tls else ["--insecure"]
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "hookvisor.cli.main", "serve", "--libvirt-uri", uri,
-             "--listen", f"127.0.0.1:{self.port}", "--hooks-dir", str(self.tmp / "hooks"),
+             "--listen", f"127.0.0.1:{self.port}", *transport,
+             "--hooks-dir", str(self.tmp / "hooks"),
              "--state-dir", str(self.tmp / "state"), "--run-dir", str(self.tmp / "run")],
             stdout=subprocess.DEVNULL, stderr=open(self.tmp / "agent.log", "wb"),  # noqa: SIM115
             cwd=ROOT,
             # Settings come from the flags alone, not from a developer's environment.
             env={k: v for k, v in os.environ.items() if not k.startswith("HOOKVISOR_")},
         )
-        wait_for(self.port, self.proc)
-        self.proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{self.port}/", allow_none=True)
+        # `list` is gated: Done once recovery is over and VM verbs are served.
+        wait_for(self.port, self.proc, tls, verb="list")
+        self.proxy = make_proxy(self.port, tls)
 
     def call(self, verb: str, *args: Any) -> dict[str, Any]:
         reply: dict[str, Any] = getattr(self.proxy, verb)(*args)
@@ -159,15 +213,15 @@ class Agent:
 
 
 class Bare:
-    def __init__(self, canned: dict[str, Any]) -> None:
+    def __init__(self, canned: dict[str, Any], tls: Pki | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="hv-bench-bare-"))
         path = self.tmp / "canned.xml"
         path.write_text(xmlrpc.client.dumps((canned,), allow_none=True))
         self.port = free_port()
         self.proc = subprocess.Popen([PYTHON, __file__, "--bare-server", str(self.port),
-                                      str(path)], cwd=ROOT)
-        wait_for(self.port, self.proc)
-        self.proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{self.port}/", allow_none=True)
+                                      str(path), str(tls.root) if tls else ""], cwd=ROOT)
+        wait_for(self.port, self.proc, tls)
+        self.proxy = make_proxy(self.port, tls)
 
     def close(self) -> None:
         self.proc.terminate()
@@ -175,9 +229,10 @@ class Bare:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def bench_test_driver(n_create: int, n_stats: int, rounds: int) -> list[float]:
+def bench_test_driver(n_create: int, n_stats: int, rounds: int,
+                      tls: Pki | None = None) -> list[float]:
     conn = libvirt.open("test:///default")
-    agent = Agent("test:///default")
+    agent = Agent("test:///default", tls)
     try:
         # Capture the agent's replies, to make the bare server's payloads alike.
         vm_id = str(uuid.uuid4())
@@ -191,7 +246,8 @@ def bench_test_driver(n_create: int, n_stats: int, rounds: int) -> list[float]:
         direct_doms = [conn.createXML(domain_xml(f"bench-stats-{i}", v, "test"))
                        for i, v in enumerate(stats_ids)]
         bare = Bare({"create": create_reply, "destroy": destroy_reply,
-                     "getAllVmStats": stats_reply, "getVdsStats": {"status": {"code": 0}}})
+                     "getAllVmStats": stats_reply, "getVdsStats": {"status": {"code": 0}}},
+                    tls)
         try:
             results: dict[str, list[float]] = {k: [] for k in
                                                ("ca", "cb", "cc", "sa", "sb", "sc")}
@@ -240,13 +296,41 @@ def bench_test_driver(n_create: int, n_stats: int, rounds: int) -> list[float]:
     med = {k: statistics.median(v) for k, v in results.items()}
     create_ratio = med["cc"] / (med["ca"] + med["cb"])
     stats_ratio = med["sc"] / (med["sa"] + med["sb"])
-    print(f"create+destroy x{n_create}: libvirt {med['ca']*1000:.1f} ms, "
+    over = "mutual TLS" if tls else "plain TCP"
+    print(f"[{over}] create+destroy x{n_create}: libvirt {med['ca']*1000:.1f} ms, "
           f"bare xmlrpc {med['cb']*1000:.1f} ms, agent {med['cc']*1000:.1f} ms "
           f"-> ratio {create_ratio:.2f}")
-    print(f"getAllVmStats over {n_stats} VMs: libvirt {med['sa']*1000:.1f} ms, "
+    print(f"[{over}] getAllVmStats over {n_stats} VMs: libvirt {med['sa']*1000:.1f} ms, "
           f"bare xmlrpc {med['sb']*1000:.1f} ms, agent {med['sc']*1000:.1f} ms "
           f"-> ratio {stats_ratio:.2f}")
     return [create_ratio, stats_ratio]
+
+
+def bench_handshake(tls: Pki, n: int = 100) -> None:
+    """One TLS handshake: a new connection's first call, less a call on a kept one."""
+    agent = Agent("test:///default", tls)
+    try:
+        kept = make_proxy(agent.port, tls)
+        kept.getVdsStats()
+        ctx = tls.client_context()
+        from hookvisor.rpc.client import Address, proxy
+
+        def fresh() -> None:
+            for _ in range(n):
+                p = proxy(Address(hostport=f"127.0.0.1:{agent.port}"), tls=ctx)
+                p.getVdsStats()
+                p("close")()
+
+        def reuse() -> None:
+            for _ in range(n):
+                kept.getVdsStats()
+
+        new = statistics.median(timed(fresh) for _ in range(3)) / n
+        old = statistics.median(timed(reuse) for _ in range(3)) / n
+    finally:
+        agent.close()
+    print(f"TLS handshake (mutual, EC P-256): {(new - old)*1000:.2f} ms per connection "
+          f"(first call {new*1000:.2f} ms, call on a kept connection {old*1000:.2f} ms)")
 
 
 def qemu_reachable() -> bool:
@@ -303,7 +387,7 @@ def bench_qemu(rounds: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bare-server", nargs=2, metavar=("PORT", "CANNED"),
+    parser.add_argument("--bare-server", nargs=3, metavar=("PORT", "CANNED", "PKI"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--create", type=int, default=200, help="VMs created+destroyed")
     parser.add_argument("--stats-vms", type=int, default=1000, help="VMs for getAllVmStats")
@@ -311,9 +395,16 @@ def main() -> None:
     parser.add_argument("--qemu-rounds", type=int, default=5)
     args = parser.parse_args()
     if args.bare_server:
-        serve_bare(int(args.bare_server[0]), args.bare_server[1])
+        serve_bare(int(args.bare_server[0]), args.bare_server[1], args.bare_server[2] or None)
         return
     ratios = bench_test_driver(args.create, args.stats_vms, args.rounds)
+    pki_root = Path(tempfile.mkdtemp(prefix="hv-bench-pki-"))
+    try:
+        tls = Pki(pki_root)
+        ratios += bench_test_driver(args.create, args.stats_vms, args.rounds, tls)
+        bench_handshake(tls)
+    finally:
+        shutil.rmtree(pki_root, ignore_errors=True)
     if args.qemu_rounds > 0 and qemu_reachable():
         ratios += bench_qemu(args.qemu_rounds)
     else:

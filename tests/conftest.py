@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import labpki
 import pytest
+from labpki import lab_pki
 
 # The tiny bootable guest of SPEC §5 (fixture `tiny_guest`): tests/guest.py.
 pytest_plugins = ["guest"]
@@ -118,8 +120,10 @@ def dirs(tmp_path: Path) -> AgentDirs:
     return AgentDirs(tmp_path / "agent")
 
 
-def proxy(url: str) -> xmlrpc.client.ServerProxy:
-    return xmlrpc.client.ServerProxy(url, allow_none=True)
+def proxy(url: str, timeout: float | None = 120.0) -> xmlrpc.client.ServerProxy:
+    """A client of a served agent: `unix:PATH` (its socket) or `https://HOST:PORT/`
+    (mutual TLS with the lab PKI's client certificate)."""
+    return labpki.proxy(url, timeout)
 
 
 def wait_ready(url: str, timeout: float = 30.0, alive: Callable[[], bool] = lambda: True) -> None:
@@ -138,15 +142,22 @@ def wait_ready(url: str, timeout: float = 30.0, alive: Callable[[], bool] = lamb
 
 
 class AgentProcess:
-    """`python -m hookvisor.cli.main serve ...` in a subprocess, its log in a file."""
+    """`python -m hookvisor.cli.main serve ...` in a subprocess, its log in a file.
+
+    It serves its Unix socket (`url`, `socket`) and mutual TLS with the lab PKI
+    on 127.0.0.1:`port` (`tls_url`); `api` talks over the socket.
+    """
 
     def __init__(self, dirs: AgentDirs, uri: str, extra: list[str] | None = None) -> None:
         self.dirs = dirs
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
+        self.socket = dirs.run / "hookvisor.sock"
+        self.url = f"unix:{self.socket}"
+        self.tls_url = f"https://127.0.0.1:{self.port}/"
         self.log_path = dirs.root / f"agent-{self.port}.log"
         argv = [sys.executable, "-m", "hookvisor.cli.main", "serve",
                 "--libvirt-uri", uri, "--listen", f"127.0.0.1:{self.port}",
+                "--pki-dir", str(lab_pki().root),
                 "--hooks-dir", str(dirs.hooks), "--state-dir", str(dirs.state),
                 "--run-dir", str(dirs.run), "--log-level", "DEBUG", *(extra or [])]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -197,10 +208,13 @@ class InProcessAgent:
 
         self.dirs = dirs
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
+        self.socket = dirs.run / "hookvisor.sock"
+        self.url = f"unix:{self.socket}"
+        self.tls_url = f"https://127.0.0.1:{self.port}/"
         settings = load_settings(
             None,
             {"libvirt_uri": uri, "listen": f"127.0.0.1:{self.port}",
+             "pki_dir": lab_pki().root,
              "hooks_dir": dirs.hooks, "state_dir": dirs.state, "run_dir": dirs.run},
             environ={},
         )
@@ -295,3 +309,12 @@ def test_driver_leak_guard() -> Iterator[None]:
     yield
     leaked = hvtest_domains(TEST_URI)
     assert not leaked, f"test left domains behind on {TEST_URI}: {leaked}"
+
+
+@pytest.fixture(scope="module")
+def module_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    """One served agent (test:///default, in a subprocess) for a whole test module."""
+    agent = AgentProcess(AgentDirs(tmp_path_factory.mktemp("agent") / "agent"), TEST_URI)
+    yield agent
+    if agent.proc.poll() is None:
+        agent.stop(signal.SIGKILL)

@@ -17,7 +17,7 @@ from hookvisor.cli.common import UsageError
 from hookvisor.config import ConfigError
 
 # Command groups, each in hookvisor/cli/<module>.py.
-COMMAND_MODULES = ("hooks_cmd", "config_cmd", "vm_cmd", "net_cmd", "serve_cmd")
+COMMAND_MODULES = ("hooks_cmd", "config_cmd", "vm_cmd", "net_cmd", "serve_cmd", "pki_cmd")
 
 
 __all__ = ["UsageError", "build_parser", "main"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hookvisor.cli.common import UsageError
-from hookvisor.cli.vm_cmd import DEFAULT_AGENT, _guard, _print_json, _table, call
+from hookvisor.cli.vm_cmd import _guard, _print_json, _table, add_client_options, call
 
 
 def _item(text: str, what: str) -> tuple[str, dict[str, Any]]:
@@ -81,13 +81,13 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, A
 
 def cmd_setup(args: argparse.Namespace) -> int:
     networks, bondings, options = build_request(args)
-    reply = call(args.agent, "setupNetworks", networks, bondings, options)
+    reply = call(args, "setupNetworks", networks, bondings, options)
     print(reply["status"].get("message", "Done"))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    info = call(args.agent, "getVdsCapabilities").get("info", {})
+    info = call(args, "getVdsCapabilities").get("info", {})
     part = {k: info.get(k, {}) for k in ("networks", "bridges", "vlans", "bondings", "nics")}
     if args.json:
         _print_json(part)
@@ -106,15 +106,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    call(args.agent, "setSafeNetworkConfig")
+    call(args, "setSafeNetworkConfig")
     print("the current setup is the one restored when the agent starts")
     return 0
 
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("net", help="host networks on a running agent (setupNetworks)")
-    parser.add_argument("--agent", default=DEFAULT_AGENT, metavar="HOST:PORT",
-                        help=f"agent address (default {DEFAULT_AGENT})")
+    add_client_options(parser)
     verbs = parser.add_subparsers(dest="net_command", metavar="VERB", required=True)
 
     setup = verbs.add_parser("setup", help="apply networks and bonds (VDSM's setupNetworks)")

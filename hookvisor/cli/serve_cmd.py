@@ -40,8 +40,16 @@ def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the agent: VDSM's XML-RPC API on libvirt, with hooks")
     add_global_options(p)
     p.add_argument("--libvirt-uri", help="libvirt URI (default test:///default)")
-    p.add_argument("--listen", metavar="HOST:PORT", help="XML-RPC address (default "
-                   "127.0.0.1:54321)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="TCP address of the API, mutual "
+                   "TLS unless --insecure (default 127.0.0.1:54321; '' for none)")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="plain TCP on --listen, no TLS: whoever reaches it is root here")
+    p.add_argument("--pki-dir", type=Path, help="CA, host certificate and key, VDSM's "
+                   "layout (default /etc/pki/hookvisor; `hookvisor pki init`)")
+    p.add_argument("--socket", type=Path, help="Unix socket for local clients "
+                   "(default <run dir>/hookvisor.sock)")
+    p.add_argument("--workers", type=int, metavar="N", help="threads serving requests "
+                   "(default 16)")
     p.add_argument("--hooks-dir", type=Path, help="hooks dir (default "
                    "/usr/libexec/hookvisor/hooks)")
     p.add_argument("--run-dir", type=Path, help="run dir for hook temp files and launch flags")
@@ -83,6 +91,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         hook_grace=args.hook_grace,
         event_timeouts=timeouts,
         hook_history_limit=args.hook_history_limit,
+        insecure=args.insecure,
+        pki_dir=args.pki_dir,
+        unix_socket=args.socket,
+        workers=args.workers,
     )
 
 
@@ -149,16 +161,15 @@ def serve(settings: Settings, ready: threading.Event | None = None,
                   settings=settings)
     agent.network = _network(settings, hooks, props)
     try:
-        server = make_server(agent, settings.listen)
+        server = make_server(agent, settings)
     except (OSError, ValueError) as e:
-        log.error("cannot listen on %s: %s", settings.listen, e)
+        log.error("cannot listen (%s, socket %s): %s", settings.listen or "no TCP",
+                  settings.socket_path(), e)
         agent.close()
         hooks.run("after_vdsm_stop")
         return 1
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name="xmlrpc")
-    thread.start()
-    log.info("listening on %s (libvirt %s, domain type %s, hooks %s)", settings.listen,
+    server.start()
+    log.info("listening on %s (libvirt %s, domain type %s, hooks %s)", server.describe(),
              settings.libvirt_uri, host.domain_type, settings.hooks_dir)
     adopted = agent.recover()
     log.info("ready: %d VM(s) recovered", adopted)
@@ -169,9 +180,8 @@ def serve(settings: Settings, ready: threading.Event | None = None,
         pass
     notifier.notify("STOPPING=1", "STATUS=stopping: finishing requests in flight")
     log.info("stopping: finishing requests in flight")
-    server.shutdown()
-    server.server_close()  # joins the request threads
-    thread.join()
+    # Half the bound for calls in flight, the rest for after_vdsm_stop and closing.
+    server.shutdown(settings.shutdown_timeout / 2)
     agent.close()
     hooks.run("after_vdsm_stop")
     records.close()

@@ -1,56 +1,49 @@
 """`hookvisor vm ...`: a thin XML-RPC client of a running agent, for operators.
 
 It speaks the same VDSM verbs as any engine would, so what works here works
-for a real client. Errors print as one line with VDSM's code name and number.
+for a real client: over the agent's Unix socket by default, over mutual TLS
+with --agent HOST:PORT (hookvisor.rpc.client does the talking). Errors print
+as one line with VDSM's code name and number.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import uuid
-import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hookvisor.cli.common import UsageError, parse_assignment
-from hookvisor.errors import CODE_NAMES, Code
+from hookvisor.cli.common import (
+    UsageError,
+    add_global_options,
+    parse_assignment,
+    settings_from_args,
+)
+from hookvisor.rpc.client import AgentClient, AgentError, address_for
 
-DEFAULT_AGENT = "127.0.0.1:54321"
+__all__ = ["AgentError", "add_client_options", "call", "register"]
+
 # NIC option keys that are creation params; any other key is a custom property.
 _NIC_PARAMS = {"mac": "macAddr", "model": "nicModel", "link": "linkActive"}
 
 
-class AgentError(Exception):
-    """The agent answered with a non-zero status, or could not be reached."""
+def _client(args: argparse.Namespace) -> AgentClient:
+    """One client per command: the Unix socket by default, TLS with --agent."""
+    cached: AgentClient | None = getattr(args, "_client", None)
+    if cached is None:
+        settings = settings_from_args(args, unix_socket=args.socket, pki_dir=args.pki_dir,
+                                      host_cert=args.cert, host_key=args.key)
+        cached = AgentClient(address_for(settings, args.agent, args.insecure), settings)
+        args._client = cached
+    return cached
 
 
-def _proxy(agent: str) -> xmlrpc.client.ServerProxy:
-    return xmlrpc.client.ServerProxy(f"http://{agent}/", allow_none=True)
-
-
-def call(agent: str, verb: str, *params: Any) -> dict[str, Any]:
+def call(args: argparse.Namespace, verb: str, *params: Any) -> dict[str, Any]:
     """Call one verb; raise AgentError with VDSM's code name unless status is 0."""
-    try:
-        reply: dict[str, Any] = getattr(_proxy(agent), verb)(*params)
-    except (ConnectionError, socket.gaierror, TimeoutError) as e:
-        raise AgentError(f"cannot reach the agent at {agent}: {e}") from None
-    except xmlrpc.client.Fault as e:
-        raise AgentError(f"agent fault on {verb}: {e.faultString}") from None
-    except xmlrpc.client.ProtocolError as e:
-        raise AgentError(f"agent at {agent} answered {e.errcode} {e.errmsg}") from None
-    status = reply.get("status", {})
-    code = int(status.get("code", Code.UNEXPECTED))
-    if code != 0:
-        try:
-            name = CODE_NAMES[Code(code)]
-        except ValueError:
-            name = "error"
-        raise AgentError(f"{name} ({code}): {status.get('message', '')}")
-    return reply
+    return _client(args).call(verb, *params)
 
 
 def parse_nic(text: str) -> dict[str, Any]:
@@ -112,7 +105,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    reply = call(args.agent, "create", build_create_params(args))
+    reply = call(args, "create", build_create_params(args))
     vm = reply.get("vmList", {})
     if args.json:
         _print_json(vm)
@@ -122,7 +115,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    reply = call(args.agent, "list", True, list(args.vm_ids))
+    reply = call(args, "list", True, list(args.vm_ids))
     vms: list[dict[str, Any]] = reply.get("vmList", [])
     if args.json:
         _print_json(vms)
@@ -135,10 +128,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    if args.vm_id:
-        reply = call(args.agent, "getVmStats", args.vm_id)
-    else:
-        reply = call(args.agent, "getAllVmStats")
+    reply = call(args, "getVmStats", args.vm_id) if args.vm_id else call(args, "getAllVmStats")
     stats: list[dict[str, Any]] = reply.get("statsList", [])
     if args.json:
         _print_json(stats)
@@ -150,7 +140,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def _simple(verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        reply = call(args.agent, verb, args.vm_id)
+        reply = call(args, verb, args.vm_id)
         print(f"{args.vm_id}: {reply['status'].get('message', 'Done')}")
         return 0
 
@@ -173,10 +163,26 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     return run
 
 
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """How a client command reaches the agent: shared by `vm` and `net`."""
+    add_global_options(parser)
+    parser.add_argument("--agent", metavar="HOST:PORT",
+                        help="a remote agent, over mutual TLS with this host's certificate "
+                        "(default: the local agent's Unix socket)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="with --agent: plain TCP, for an agent serving --insecure")
+    parser.add_argument("--socket", type=Path, help="the local agent's socket (default "
+                        "<run dir>/hookvisor.sock; or HOOKVISOR_SOCKET, HOOKVISOR_RUN_DIR)")
+    parser.add_argument("--pki-dir", type=Path, help="CA, certificate and key for --agent "
+                        "(default /etc/pki/hookvisor; or HOOKVISOR_PKI_DIR)")
+    parser.add_argument("--cert", type=Path, help="with --agent: a client certificate "
+                        "(`hookvisor pki issue`) instead of the host's")
+    parser.add_argument("--key", type=Path, help="with --agent: the key of --cert")
+
+
 def register(sub: Any) -> None:
     parser = sub.add_parser("vm", help="manage VMs on a running agent (XML-RPC client)")
-    parser.add_argument("--agent", default=DEFAULT_AGENT, metavar="HOST:PORT",
-                        help=f"agent address (default {DEFAULT_AGENT})")
+    add_client_options(parser)
     verbs = parser.add_subparsers(dest="vm_command", metavar="VERB", required=True)
 
     create = verbs.add_parser("create", help="create and start a VM")

@@ -4,30 +4,29 @@ Every verb is wrapped once, generically: success is `{'status': {'code': 0,
 'message': 'Done'}, <payload key>: payload}`; a VdsmError is its code and
 message; a verb of SPEC §4 not built yet (or unknown) is `noimpl`; anything
 unexpected is `unexpected` with a message, logged with its traceback here. A
-client never gets an XML-RPC Fault.
+client never gets an XML-RPC Fault. The HTTP side (TLS, the Unix socket,
+bounds) is rpc/server.py; parsing and marshalling untrusted XML is rpc/wire.py.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import socket
-import socketserver
 import time
 from typing import Any
-from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 from hookvisor.agent.core import Agent
+from hookvisor.config import Settings
 from hookvisor.errors import CODE_NAMES, Code, VdsmError
+from hookvisor.rpc.server import AgentServer, parse_listen
 from hookvisor.rpc.verbs import NOT_BUILT, verb_table
+from hookvisor.rpc.wire import status
+
+__all__ = ["Dispatcher", "make_server", "parse_listen", "status", "xmlrpc_safe"]
 
 log = logging.getLogger("hookvisor.rpc")
 
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
-
-
-def status(code: Code, message: str) -> dict[str, Any]:
-    return {"status": {"code": int(code), "message": message}}
 
 
 def xmlrpc_safe(value: Any) -> Any:
@@ -80,7 +79,7 @@ class Dispatcher:
         # binds: the signature is only asked when it does not, for its message.
         self._arity = {name: _arity(sig) for name, sig in self._signatures.items()}
 
-    def _dispatch(self, method: str, params: tuple[Any, ...]) -> dict[str, Any]:
+    def dispatch(self, method: str, params: tuple[Any, ...]) -> dict[str, Any]:
         started = time.monotonic()
         reply = self._call(method, params)
         code = reply["status"]["code"]
@@ -123,38 +122,6 @@ class Dispatcher:
         return reply
 
 
-class _Handler(SimpleXMLRPCRequestHandler):
-    rpc_paths = ("/", "/RPC2")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http %s: " + format, self.address_string(), *args)
-
-
-class AgentServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
-    # Request threads are joined on server_close(): a stop never cuts a request half-way.
-    daemon_threads = False
-    block_on_close = True
-    allow_reuse_address = True
-    # socketserver's default backlog of 5 resets clients when many connect at once.
-    request_queue_size = 256
-
-
-class AgentServer6(AgentServer):
-    address_family = socket.AF_INET6
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """'HOST:PORT' or '[V6]:PORT' -> (host, port); ValueError naming what is wrong."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen address {text!r}: expected HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def make_server(agent: Agent, listen: str) -> AgentServer:
-    host, port = parse_listen(listen)
-    cls = AgentServer6 if ":" in host else AgentServer
-    server = cls((host, port), requestHandler=_Handler, logRequests=False,
-                         allow_none=True)
-    server.register_instance(Dispatcher(agent))
-    return server
+def make_server(agent: Agent, settings: Settings) -> AgentServer:
+    """The agent's server (TLS or insecure TCP, and the Unix socket), not started yet."""
+    return AgentServer(settings, Dispatcher(agent).dispatch)

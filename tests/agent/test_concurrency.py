@@ -6,7 +6,6 @@ import os
 import threading
 import time
 import uuid
-import xmlrpc.client
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ def test_50_threads_create_and_destroy_200_vms(dirs: Any, inproc_agent: Any) -> 
     lock = threading.Lock()
 
     def worker(w: int) -> None:
-        api = xmlrpc.client.ServerProxy(agent.url, allow_none=True)
+        api = agent.api
         for i in range(4):
             vm_id = str(uuid.uuid4())
             p = {"vmId": vm_id, "vmName": f"hvtest-c{w}-{i}", "memSize": 64,
@@ -82,7 +81,7 @@ def test_one_vm_id_created_by_many_at_once(dirs: Any, inproc_agent: Any) -> None
     p = {"vmId": str(uuid.uuid4()), "vmName": "hvtest-same", "memSize": 64}
 
     def create(_: int) -> int:
-        api = xmlrpc.client.ServerProxy(agent.url, allow_none=True)
+        api = agent.api
         return int(api.create(p)["status"]["code"])
 
     with ThreadPoolExecutor(8) as pool:
@@ -99,7 +98,7 @@ def test_different_vms_run_in_parallel_one_vm_serialised(dirs: Any,
     ids = [str(uuid.uuid4()) for _ in range(4)]
 
     def create(i: int) -> int:
-        api = xmlrpc.client.ServerProxy(agent.url, allow_none=True)
+        api = agent.api
         p = {"vmId": ids[i], "vmName": f"hvtest-par{i}", "memSize": 64}
         return int(api.create(p)["status"]["code"])
 
@@ -109,12 +108,12 @@ def test_different_vms_run_in_parallel_one_vm_serialised(dirs: Any,
     assert time.monotonic() - started < 3.0  # four 1 s hooks, side by side
 
     # A destroy waits for the pause in flight on the same VM, then wins.
-    api = xmlrpc.client.ServerProxy(agent.url, allow_none=True)
+    api = agent.api
     with ThreadPoolExecutor(2) as pool:
         paused = pool.submit(api.pause, ids[0])
         time.sleep(0.3)
         destroyed = pool.submit(
-            xmlrpc.client.ServerProxy(agent.url, allow_none=True).destroy, ids[0])
+            agent.api.destroy, ids[0])
         assert paused.result()["status"]["code"] == 0
         assert destroyed.result()["status"]["code"] == 0
     for vm_id in ids[1:]:
@@ -127,10 +126,10 @@ def test_destroy_during_create_waits_then_destroys(dirs: Any, inproc_agent: Any)
     agent = inproc_agent()
     p = {"vmId": str(uuid.uuid4()), "vmName": "hvtest-race", "memSize": 64}
     with ThreadPoolExecutor(2) as pool:
-        created = pool.submit(xmlrpc.client.ServerProxy(agent.url, allow_none=True).create, p)
+        created = pool.submit(agent.api.create, p)
         time.sleep(0.2)  # the create is in its hook now
         destroyed = pool.submit(
-            xmlrpc.client.ServerProxy(agent.url, allow_none=True).destroy, p["vmId"])
+            agent.api.destroy, p["vmId"])
         assert created.result()["status"]["code"] == 0
         assert destroyed.result()["status"]["code"] == 0
     assert agent.api.list()["vmList"] == []

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 
 def hv(agent: Any, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hookvisor", "vm", "--agent", f"127.0.0.1:{agent.port}", *args],
+        [sys.executable, "-m", "hookvisor", "vm", "--socket", str(agent.socket), *args],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )
 
