@@ -24,6 +24,7 @@ from pathlib import Path
 import labpki
 import pytest
 from labpki import lab_pki
+from support import HOOK_PYTHON
 
 # The tiny bootable guest of SPEC §5 (fixture `tiny_guest`): tests/guest.py.
 pytest_plugins = ["guest"]
@@ -33,12 +34,6 @@ TEST_URI = "test:///default"
 PREFIX = "hvtest-"
 REPO = Path(__file__).resolve().parent.parent
 
-
-# Hooks run as the hook user when the tests run as root: the interpreter of a
-# Python hook must be one that user can execute (the venv's may live under
-# /root, 0700), so Python hooks use the system's.
-HOOK_PYTHON = "/usr/bin/python3" if os.geteuid() == 0 and os.path.exists(
-    "/usr/bin/python3") else sys.executable
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -10,6 +11,12 @@ import libvirt
 import pytest
 
 TEST_URI = "test:///default"
+
+# Hooks run as the hook user when the tests run as root: the interpreter of a
+# Python hook must be one that user can execute (the venv's may live under
+# /root, 0700), so Python hooks use the system's.
+HOOK_PYTHON = "/usr/bin/python3" if os.geteuid() == 0 and os.path.exists(
+    "/usr/bin/python3") else sys.executable
 
 
 def live_xml(vm_id: str, uri: str = TEST_URI) -> str:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-import xmlrpc.client
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from labpki import lab_pki, proxy
 from net_support import Namespace
 
 from hookvisor.cli.serve_cmd import serve
@@ -28,8 +28,9 @@ class Served:
         settings = load_settings(None, {
             "libvirt_uri": "test:///default", "listen": f"127.0.0.1:{port}",
             "hooks_dir": root / "hooks", "state_dir": root / "state", "run_dir": root / "run",
-            "net_netns": ns.name}, environ={})
-        self.url = f"http://127.0.0.1:{port}/"
+            "net_netns": ns.name, "pki_dir": lab_pki().root}, environ={})
+        self.socket = root / "run" / "hookvisor.sock"
+        self.url = f"unix:{self.socket}"
         self.ready, self.stop = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=serve, args=(settings, self.ready, self.stop),
                                        daemon=True)
@@ -37,7 +38,7 @@ class Served:
         assert self.ready.wait(30)
 
     def api(self) -> Any:
-        return xmlrpc.client.ServerProxy(self.url, allow_none=True)
+        return proxy(self.url)
 
     def close(self) -> None:
         self.stop.set()
@@ -102,21 +103,21 @@ def test_cli_setup_list_save(served: Served, ns: Namespace, tmp_path: Path,
 
     from hookvisor.cli.main import main
 
-    agent = served.url.removeprefix("http://").rstrip("/")
-    assert main(["net", "--agent", agent, "setup", "--network",
+    agent = str(served.socket)
+    assert main(["net", "--socket", agent, "setup", "--network",
                  "net1:nic=eth1,ipaddr=10.0.0.2,prefix=24,mtu=1400"]) == 0
     assert ns.netlink().state().slaves_of("net1") == ["eth1"]
     capsys.readouterr()
-    assert main(["net", "--agent", agent, "list", "--json"]) == 0
+    assert main(["net", "--socket", agent, "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["networks"]["net1"]["ipv4addrs"] == ["10.0.0.2/24"]
-    assert main(["net", "--agent", agent, "save"]) == 0
+    assert main(["net", "--socket", agent, "save"]) == 0
     assert (tmp_path / "state" / "net" / "safe.json").exists()
     request = tmp_path / "req.json"
     request.write_text(json.dumps({"networks": {"net2": {"nic": "eth2", "vlan": 0}}}))
-    assert main(["net", "--agent", agent, "setup", str(request), "--remove", "net1"]) == 1
+    assert main(["net", "--socket", agent, "setup", str(request), "--remove", "net1"]) == 1
     assert "network net2.vlan: 0 is out of range" in capsys.readouterr().err
-    assert main(["net", "--agent", agent, "setup", "--remove", "net1"]) == 0
+    assert main(["net", "--socket", agent, "setup", "--remove", "net1"]) == 0
     assert ns.netlink().state().link("net1") is None
 
 

@@ -4,7 +4,6 @@ on a namespace of the test's own (the agent's `net_netns`)."""
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 import threading
 import time
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 from net_support import Namespace
+from support import HOOK_PYTHON
 
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.network import NetworkService
@@ -48,7 +48,7 @@ class Harness:
         d = self.hooks_dir / event
         d.mkdir(exist_ok=True)
         path = d / name
-        path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body).lstrip("\n"))
+        path.write_text(f"#!{HOOK_PYTHON}\n" + textwrap.dedent(body).lstrip("\n"))
         path.chmod(0o755)
 
     def runs(self, event: str) -> list[Any]:
