@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 # libvirt-dev + pkg-config + gcc: libvirt-python builds from source against them.
 # The daemon packages are what the qemu:///system tests and bench need.
 PKGS=(python3-venv python3-dev libvirt-dev pkg-config gcc libvirt-clients libvirt-daemon
-      libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils)
+      libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils
+      # The tiny test guest (scripts/guest.sh): its initramfs and modules.dep.
+      cpio kmod)
 # systemd-analyze: the tests verify the shipped unit with it.
 PKGS+=(systemd)
 

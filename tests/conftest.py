@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+# The tiny bootable guest of SPEC §5 (fixture `tiny_guest`): tests/guest.py.
+pytest_plugins = ["guest"]
+
 QEMU_URI = "qemu:///system"
 TEST_URI = "test:///default"
 PREFIX = "hvtest-"
