@@ -20,13 +20,14 @@ from hookvisor.agent import lifecycle, recovery, reports
 from hookvisor.agent.context import Context, PropertyChecker
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.registry import VmRegistry
-from hookvisor.agent.vm import DOWN, PAUSED, UP, Vm, status_from_libvirt
+from hookvisor.agent.vm import DOWN, PAUSED, STOPS_DOMAIN, UP, Vm, status_from_libvirt
 from hookvisor.errors import Code, VdsmError
 from hookvisor.hooks.records import RunRecords
 from hookvisor.virt.host import (
     EVENT_RESUMED,
     EVENT_STOPPED,
     EVENT_SUSPENDED,
+    STOPPED_NOT_DEATH,
     Host,
     HostError,
     stop_reason,
@@ -151,14 +152,14 @@ class Agent:
         if event not in _WATCHED:
             return
         vm = self.ctx.registry.find(vm_id)
-        if vm is None or vm.stopping or self._closed.is_set():
+        if vm is None or vm.operation in STOPS_DOMAIN or self._closed.is_set():
             return
         with contextlib.suppress(RuntimeError):  # shutting down
             self._events.submit(self._follow_up, vm, event, detail)
 
     def _follow_up(self, vm: Vm, event: int, detail: int) -> None:
         with vm.lock:
-            if vm.removed or vm.stopping or vm.status == DOWN:
+            if vm.removed or vm.operation in STOPS_DOMAIN or vm.status == DOWN:
                 return
             # The event may be stale (a later create reused the vmId): ask libvirt.
             try:
@@ -174,7 +175,7 @@ class Agent:
                 self._died(vm, event, detail)
             elif vm.status in (UP, PAUSED) and status != vm.status:
                 log.info("VM %s: %s -> %s (outside the agent)", vm.vm_id, vm.status, status)
-                vm.status = status
+                vm.set_status(status)
 
     def _on_connection(self, connected: bool) -> None:
         """On libvirt's event thread or the reconnect thread: only flag and hand over."""
@@ -206,11 +207,14 @@ class Agent:
     def _died(self, vm: Vm, event: int, detail: int) -> None:
         """The VM stopped without the agent: Down, after_ destroy hooks once, kept listed."""
         reason, abnormal = stop_reason(event, detail)
-        self._down(vm, reason, abnormal)
+        # Saved or migrated away (by someone else): the VM lives on elsewhere.
+        death = not (event == EVENT_STOPPED and detail in STOPPED_NOT_DEATH)
+        self._down(vm, reason, abnormal, death)
 
-    def _down(self, vm: Vm, reason: str, abnormal: bool) -> None:
-        vm.status = DOWN
+    def _down(self, vm: Vm, reason: str, abnormal: bool, death: bool = True) -> None:
         vm.exit_code = 1 if abnormal else 0
         vm.exit_message = reason
+        vm.set_status(DOWN)
         log.warning("VM %s (%s) is Down: %s", vm.vm_id, vm.name, reason)
-        lifecycle.after_destroy(self.ctx, vm, vm.xml)
+        if death:
+            lifecycle.after_destroy(self.ctx, vm, vm.xml)

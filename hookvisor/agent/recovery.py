@@ -79,7 +79,7 @@ def reconcile(ctx: Context, gone: Callable[[Vm], None]) -> tuple[int, int]:
         with vm.lock:
             # Down already, or a verb of the agent is on it (a create's domain may
             # not be listed yet): not ours to judge.
-            if vm.removed or vm.stopping or vm.status in (DOWN, WAIT_FOR_LAUNCH):
+            if vm.removed or vm.operation is not None or vm.status in (DOWN, WAIT_FOR_LAUNCH):
                 continue
             dom = by_uuid.get(vm.vm_id)
             if dom is not None:
@@ -99,7 +99,7 @@ def reconcile(ctx: Context, gone: Callable[[Vm], None]) -> tuple[int, int]:
             elif status != vm.status:
                 log.info("VM %s: %s -> %s (while libvirt was away)", vm.vm_id, vm.status,
                          status)
-                vm.status = status
+                vm.set_status(status)
     # A domain listed then destroyed by a verb in flight is no longer ours to adopt.
     return died, adopt(ctx, [d for d in domains if ctx.registry.find(d.uuid) is None
                              and _still_there(ctx, d.uuid)])

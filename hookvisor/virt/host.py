@@ -40,6 +40,11 @@ _STOP_DETAILS = {
 }
 
 
+# STOPPED details after which the guest lives on (in a save image, on another host).
+STOPPED_NOT_DEATH = frozenset({libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED,
+                               libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED})
+
+
 def stop_reason(event: int, detail: int) -> tuple[str, bool]:
     """(exit message, abnormal) for the lifecycle event that ended a domain."""
     if event != EVENT_STOPPED:
