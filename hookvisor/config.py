@@ -76,6 +76,11 @@ class Settings:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
 
+    # --- live VM operations (issue 8) ---
+    # How long a hot-unplug waits for the guest to release the device (libvirt's
+    # DEVICE_REMOVED event) before it answers hotunplugNic/hotunplugDisk.
+    unplug_timeout: float = 10.0
+
     def pki_paths(self) -> tuple[Path, Path, Path]:
         """(CA certificate, host certificate, host key), defaults under pki_dir."""
         return (self.ca_cert or self.pki_dir / "certs" / "cacert.pem",

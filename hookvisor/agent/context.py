@@ -34,3 +34,7 @@ class Context:
     props: PropertyChecker
     # Where hooks leave launch flags (hookvisor.hooks.launchflags).
     run_dir: Path
+    # Where hibernation images and hot-plugged disks may be (Settings.storage_dirs).
+    storage_dirs: tuple[Path, ...] = ()
+    # How long a hot-unplug waits for the guest (Settings.unplug_timeout).
+    unplug_timeout: float = 10.0

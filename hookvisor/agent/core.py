@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from hookvisor.agent import lifecycle, recovery, reports
+from hookvisor.agent import hibernation, lifecycle, recovery, reports
 from hookvisor.agent.context import Context, PropertyChecker
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.registry import VmRegistry
@@ -48,8 +48,11 @@ class Agent:
         run_dir: Path,
         cluster_version: str,
         records: RunRecords | None = None,
+        storage_dirs: tuple[Path, ...] = (),
+        unplug_timeout: float = 10.0,
     ) -> None:
-        self.ctx = Context(host, VmRegistry(), hooks, props, run_dir)
+        self.ctx = Context(host, VmRegistry(), hooks, props, run_dir, storage_dirs,
+                           unplug_timeout)
         self.cluster_version = cluster_version
         self.records = records
         self.started_at = time.time()
@@ -92,7 +95,12 @@ class Agent:
     # --- verbs ----------------------------------------------------------------
 
     def create(self, params: Any) -> dict[str, Any]:
+        if isinstance(params, dict) and params.get("restoreState") is not None:
+            return hibernation.restore(self.ctx, params)  # dehibernate
         return lifecycle.create(self.ctx, params)
+
+    def hibernate(self, vm_id: Any, hiber_vol_handle: Any = None) -> dict[str, Any]:
+        return hibernation.hibernate(self.ctx, vm_id, hiber_vol_handle)
 
     def destroy(self, vm_id: Any) -> dict[str, Any]:
         return lifecycle.destroy(self.ctx, vm_id)

@@ -135,7 +135,8 @@ def serve(settings: Settings, ready: threading.Event | None = None,
         log.error("cannot start: %s", e)
         hooks.run("after_vdsm_stop")
         return 1
-    agent = Agent(host, hooks, props, settings.run_dir, settings.cluster_version, records)
+    agent = Agent(host, hooks, props, settings.run_dir, settings.cluster_version, records,
+                  settings.storage_dirs, settings.unplug_timeout)
     try:
         server = make_server(agent, settings.listen)
     except (OSError, ValueError) as e:

@@ -16,7 +16,7 @@ from hookvisor.agent.core import Agent
 
 # Verbs of SPEC §4 not built yet: `noimpl`, never a traceback.
 NOT_BUILT = frozenset({
-    "hibernate", "migrate", "migrationCreate", "migrateStatus", "hotplugNic",
+    "migrate", "migrationCreate", "migrateStatus", "hotplugNic",
     "hotunplugNic", "hotplugDisk", "hotunplugDisk", "vmUpdateDevice", "setupNetworks",
 })
 
@@ -39,6 +39,7 @@ def verb_table(agent: Agent) -> dict[str, Verb]:
         Verb("destroy", agent.destroy, True, None, changes=True),
         Verb("pause", agent.pause, True, None, changes=True),
         Verb("cont", agent.cont, True, None, changes=True),
+        Verb("hibernate", agent.hibernate, True, None, changes=True),
         Verb("list", agent.list_vms, True, "vmList"),
         Verb("getVmStats", agent.get_vm_stats, True, "statsList"),
         Verb("getAllVmStats", agent.get_all_vm_stats, True, "statsList"),

@@ -339,3 +339,56 @@ def get_metadata(text: str) -> Metadata | None:
         if isinstance(loaded, dict):
             params = loaded
     return Metadata(_read_props(vm), device_props, params)
+
+
+def metadata_element(meta: Metadata) -> str:
+    """The agent's <vm> metadata element without a namespace, for libvirt's setMetadata
+    (which puts the element and its children in NS itself)."""
+    root = ET.Element("vm")
+    for name, value in sorted(meta.vm_props.items()):
+        ET.SubElement(root, "custom", name=name).text = value
+    for key, props in sorted(meta.device_props.items()):
+        dev = ET.SubElement(root, "device", key=key)
+        for name, value in sorted(props.items()):
+            ET.SubElement(dev, "custom", name=name).text = value
+    ET.SubElement(root, "params").text = json.dumps(meta.params, sort_keys=True)
+    return to_string(root)
+
+
+# --- one device, for hot-plug -------------------------------------------------
+
+
+def nic_xml(nic: NicSpec) -> str:
+    out: list[str] = []
+    _emit(_nic(nic), 0, out)
+    return "\n".join(out)
+
+
+def disk_xml(disk: DiskSpec, target: str) -> str:
+    out: list[str] = []
+    _emit(_disk(disk, target), 0, out)
+    return "\n".join(out)
+
+
+def free_disk_target(text: str, iface: str) -> str:
+    """The first target dev name of bus `iface` the domain does not use (vda, vdb, ...)."""
+    prefix = _DISK_PREFIX[iface]
+    used = {t.get("dev") for t in parse_domain(text).iterfind("devices/disk/target")}
+    n = 0
+    while prefix + _letters(n) in used:
+        n += 1
+    return prefix + _letters(n)
+
+
+def device_alias(elem: ET.Element) -> str | None:
+    alias = elem.find("alias")
+    return alias.get("name") if alias is not None else None
+
+
+def device_elements(text: str) -> list[ET.Element]:
+    """The live domain's device elements (interfaces, disks, ...), in order."""
+    return _device_elems(parse_domain(text))
+
+
+def element_string(elem: ET.Element) -> str:
+    return _device_string(elem)
