@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.registry import VmRegistry
+from hookvisor.agent.waits import DeviceRemovals
 from hookvisor.virt.host import Host
 
 
@@ -38,3 +39,5 @@ class Context:
     storage_dirs: tuple[Path, ...] = ()
     # How long a hot-unplug waits for the guest (Settings.unplug_timeout).
     unplug_timeout: float = 10.0
+    # Hot-unplugs waiting for their guest (fed by libvirt's DEVICE_REMOVED events).
+    removals: DeviceRemovals = field(default_factory=DeviceRemovals)

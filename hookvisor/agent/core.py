@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from hookvisor.agent import hibernation, lifecycle, recovery, reports
+from hookvisor.agent import hibernation, hotplug, lifecycle, recovery, reports
 from hookvisor.agent.context import Context, PropertyChecker
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.registry import VmRegistry
@@ -63,6 +63,7 @@ class Agent:
         # Set while libvirt is lost and until the VMs are reconciled after it is back.
         self._stale = threading.Event()
         host.on_lifecycle(self._on_lifecycle, _WATCHED)
+        host.on_device_removed(self.ctx.removals.removed)
         host.on_connection(self._on_connection)
 
     # --- start and stop -------------------------------------------------------
@@ -110,6 +111,21 @@ class Agent:
 
     def cont(self, vm_id: Any) -> dict[str, Any]:
         return lifecycle.cont(self.ctx, vm_id)
+
+    def hotplug_nic(self, params: Any) -> dict[str, Any]:
+        return hotplug.hotplug(self.ctx, params, hotplug.NIC)
+
+    def hotunplug_nic(self, params: Any) -> dict[str, Any]:
+        return hotplug.hotunplug(self.ctx, params, hotplug.NIC)
+
+    def hotplug_disk(self, params: Any) -> dict[str, Any]:
+        return hotplug.hotplug(self.ctx, params, hotplug.DISK)
+
+    def hotunplug_disk(self, params: Any) -> dict[str, Any]:
+        return hotplug.hotunplug(self.ctx, params, hotplug.DISK)
+
+    def vm_update_device(self, vm_id: Any, params: Any = None) -> dict[str, Any]:
+        return hotplug.update_device(self.ctx, vm_id, params)
 
     def list_vms(self, full: Any = False, vm_list: Any = None) -> list[dict[str, Any]]:
         if vm_list is not None and not isinstance(vm_list, list | tuple):
@@ -159,6 +175,8 @@ class Agent:
         """On libvirt's event thread: only decide whether to look closer."""
         if event not in _WATCHED:
             return
+        if event == EVENT_STOPPED:
+            self.ctx.removals.wake(vm_id)  # an unplug waiting on this guest: it is gone
         vm = self.ctx.registry.find(vm_id)
         if vm is None or vm.operation in STOPS_DOMAIN or self._closed.is_set():
             return

@@ -244,6 +244,7 @@ def destroy(ctx: Context, vm_id: object) -> dict[str, Any]:
     # A verb of this VM waiting on the guest (hot-unplug) gives up for a destroy.
     target = ctx.registry.get(vm_id)
     target.interrupt.set()
+    ctx.removals.wake(target.vm_id)
     try:
         result: dict[str, Any] = _locked(ctx, vm_id, body)
     finally:

@@ -392,3 +392,52 @@ def device_elements(text: str) -> list[ET.Element]:
 
 def element_string(elem: ET.Element) -> str:
     return _device_string(elem)
+
+
+_FORMAT_NAMES = {v: k for k, v in _DISK_FORMAT.items()}
+
+
+def _attr(elem: ET.Element, path: str, name: str) -> str | None:
+    child = elem.find(path)
+    return child.get(name) if child is not None else None
+
+
+def device_view(elem: ET.Element, custom: dict[str, str]) -> dict[str, Any] | None:
+    """A NIC or disk as VDSM's device dicts show it (plus its alias); None for others."""
+    out: dict[str, Any]
+    if elem.tag == "interface":
+        source = elem.find("source")
+        network = ""
+        if source is not None:
+            network = source.get("bridge") or source.get("network") or source.get("dev") or ""
+        out = {"type": "interface", "device": elem.get("type", ""),
+               "macAddr": (_attr(elem, "mac", "address") or "").lower(),
+               "network": network, "nicModel": _attr(elem, "model", "type") or "",
+               "linkActive": _attr(elem, "link", "state") != "down"}
+    elif elem.tag == "disk":
+        source = elem.find("source")
+        path = ""
+        if source is not None:
+            path = source.get("file") or source.get("dev") or source.get("name") or ""
+        fmt = _attr(elem, "driver", "type") or "raw"
+        out = {"type": "disk", "device": elem.get("device", "disk"), "path": path,
+               "format": _FORMAT_NAMES.get(fmt, fmt), "iface": _attr(elem, "target", "bus") or "",
+               "name": _attr(elem, "target", "dev") or "",
+               "readonly": elem.find("readonly") is not None}
+    else:
+        return None
+    alias = device_alias(elem)
+    if alias:
+        out["alias"] = alias
+    out["custom"] = dict(custom)
+    return out
+
+
+def device_views(text: str, device_props: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """The domain's NICs and disks as VDSM device dicts, with their custom properties."""
+    out = []
+    for elem in device_elements(text):
+        view = device_view(elem, device_props.get(device_key(elem) or "", {}))
+        if view is not None:
+            out.append(view)
+    return out
