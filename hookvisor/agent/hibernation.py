@@ -148,6 +148,7 @@ def restore(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
                 raise VdsmError(code, f"libvirt could not restore VM {vm.vm_id} from "
                                 f"{path}: {e}") from None
             vm.xml = live
+            vm.params["devices"] = dx.device_views(live, vm.device_props)
             vm.set_status(_status_now(ctx, vm, UP))
             return live
 

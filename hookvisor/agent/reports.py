@@ -16,6 +16,7 @@ from hookvisor.agent.context import Context
 from hookvisor.agent.hookcalls import family, supported_events
 from hookvisor.agent.vm import DOWN, PAUSED, Vm
 from hookvisor.errors import Code, VdsmError
+from hookvisor.virt import domain_xml as dx
 from hookvisor.virt.host import HostError
 
 log = logging.getLogger("hookvisor.agent")
@@ -107,12 +108,25 @@ def _report(ctx: Context, name: str, build: Any, vm: Vm | None = None) -> Any:
     return _replace(fam.after, result, ctx.hooks.run_json(fam.after, result, vm=vm))
 
 
+def _devices(vm: Vm) -> list[dict[str, Any]]:
+    if vm.xml:
+        try:
+            return dx.device_views(vm.xml, vm.device_props)
+        except dx.DomainXmlError:
+            pass
+    devices: list[dict[str, Any]] = vm.params.get("devices", [])
+    return devices
+
+
 def get_vm_stats(ctx: Context, vm_id: object) -> list[dict[str, Any]]:
     vm = ctx.registry.get(vm_id)
 
     def build() -> list[dict[str, Any]]:
         raw = ctx.host.stats_for([vm.vm_id]) if vm.status != DOWN else {}
-        return [vm_stats(vm, raw.get(vm.vm_id))]
+        stats = vm_stats(vm, raw.get(vm.vm_id))
+        # One VM: its devices as libvirt last described them (aliases, MACs, properties).
+        stats["devices"] = _devices(vm)
+        return [stats]
 
     result: list[dict[str, Any]] = _report(ctx, "get_vm_stats", build, vm)
     return result

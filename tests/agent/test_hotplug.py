@@ -91,6 +91,9 @@ def test_a_refused_detach_and_update_run_after_fail(agent: Any, vm: str, dirs: A
                             "after_update_device_fail tag=red speed=10 serial= <interface"]
     [full] = agent.api.list(True)["vmList"]
     assert full["devices"][0]["custom"] == {"speed": "10"}
+    [stats] = agent.api.getVmStats(vm)["statsList"]
+    [nic] = stats["devices"]
+    assert (nic["macAddr"], nic["network"], nic["custom"]) == (MAC0, "br0", {"speed": "10"})
 
 
 def test_disk_failures(agent: Any, vm: str, dirs: Any, images: Path, tmp_path: Path) -> None:

@@ -246,6 +246,9 @@ def test_nic_hotplug_and_unplug(live_dirs: Any, guest: Guest, bridge: str,
     assert dev["linkActive"] is False
     assert [d["macAddr"] for d in listed(agent, guest.vm_id) if d["type"] == "interface"] \
         == [MAC1]
+    [stats] = agent.api.getVmStats(guest.vm_id)["statsList"]
+    [dev] = [d for d in stats["devices"] if d.get("macAddr") == MAC1]
+    assert dev["alias"] and dev["custom"] == {"speed": "1000", "tag": "devtag"}
 
     # The xml shape, no bridge needed.
     reply = agent.api.hotplugNic({"vmId": guest.vm_id, "xml": (
