@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from hookvisor.virt.host import (
 )
 
 log = logging.getLogger("hookvisor.agent")
+
+# Seconds between looks at a VM a long operation holds (see Agent._when_free).
+_BUSY_RETRY = 0.2
 
 # The lifecycle events that may change a VM's status.
 _WATCHED = (EVENT_STOPPED, EVENT_SUSPENDED, EVENT_RESUMED)
@@ -62,6 +66,9 @@ class Agent:
         self._closed = threading.Event()
         # Set while libvirt is lost and until the VMs are reconciled after it is back.
         self._stale = threading.Event()
+        # Work on a VM whose lock a long operation holds, to run once it is free.
+        self._later: dict[tuple[str, str], Callable[[], None]] = {}
+        self._later_lock = threading.Lock()
         host.on_lifecycle(self._on_lifecycle, _WATCHED)
         host.on_device_removed(self.ctx.removals.removed)
         host.on_connection(self._on_connection)
@@ -184,24 +191,59 @@ class Agent:
             self._events.submit(self._follow_up, vm, event, detail)
 
     def _follow_up(self, vm: Vm, event: int, detail: int) -> None:
-        with vm.lock:
-            if vm.removed or vm.operation in STOPS_DOMAIN or vm.status == DOWN:
+        self._when_free(vm, "event", lambda: self._check(vm, event, detail))
+
+    def _when_free(self, vm: Vm, kind: str, work: Callable[[], None]) -> None:
+        """Run `work` under vm.lock, on an event worker, without waiting for the lock.
+
+        A long operation may hold the VM (a hot-unplug waiting for its guest, a
+        save writing memory); the few event workers serve every VM, so instead of
+        blocking one, look again a little later. Of repeated work of one `kind`
+        for one VM, only the latest is kept while it waits.
+        """
+        if not vm.lock.acquire(blocking=False):
+            key = (vm.vm_id, kind)
+            with self._later_lock:
+                waiting = key in self._later
+                self._later[key] = work
+            if not waiting and not self._closed.is_set():
+                timer = threading.Timer(_BUSY_RETRY, self._retry, (vm, kind))
+                timer.daemon = True
+                timer.start()
+            return
+        try:
+            if not vm.removed:
+                work()
+        finally:
+            vm.lock.release()
+
+    def _retry(self, vm: Vm, kind: str) -> None:
+        with self._later_lock:
+            work = self._later.pop((vm.vm_id, kind), None)
+        if work is None or vm.removed or self._closed.is_set():
+            return
+        with contextlib.suppress(RuntimeError):  # shutting down
+            self._events.submit(self._when_free, vm, kind, work)
+
+    def _check(self, vm: Vm, event: int, detail: int) -> None:
+        """Under vm.lock: what libvirt says now decides, not the (maybe stale) event."""
+        if vm.operation in STOPS_DOMAIN or vm.status == DOWN:
+            return
+        # The event may be stale (a later create reused the vmId): ask libvirt.
+        try:
+            state, reason = self.ctx.host.state(vm.vm_id)
+        except HostError as e:
+            if not e.no_domain:
+                log.warning("VM %s: state unknown after event: %s", vm.vm_id, e)
                 return
-            # The event may be stale (a later create reused the vmId): ask libvirt.
-            try:
-                state, reason = self.ctx.host.state(vm.vm_id)
-            except HostError as e:
-                if not e.no_domain:
-                    log.warning("VM %s: state unknown after event: %s", vm.vm_id, e)
-                    return
-                self._died(vm, event, detail)
-                return
-            status = status_from_libvirt(state, reason)
-            if status == DOWN:
-                self._died(vm, event, detail)
-            elif vm.status in (UP, PAUSED) and status != vm.status:
-                log.info("VM %s: %s -> %s (outside the agent)", vm.vm_id, vm.status, status)
-                vm.set_status(status)
+            self._died(vm, event, detail)
+            return
+        status = status_from_libvirt(state, reason)
+        if status == DOWN:
+            self._died(vm, event, detail)
+        elif vm.status in (UP, PAUSED) and status != vm.status:
+            log.info("VM %s: %s -> %s (outside the agent)", vm.vm_id, vm.status, status)
+            vm.set_status(status)
 
     def _on_connection(self, connected: bool) -> None:
         """On libvirt's event thread or the reconnect thread: only flag and hand over."""
@@ -216,7 +258,8 @@ class Agent:
     def _reconcile(self) -> None:
         """libvirt is back: match the VMs with what it runs now, then lift the gate."""
         try:
-            died, adopted = recovery.reconcile(self.ctx, self._gone)
+            died, adopted = recovery.reconcile(
+                self.ctx, self._gone, lambda vm, work: self._when_free(vm, "reconcile", work))
         except HostError as e:
             # Lost again: the next reconnect reconciles; the gate stays.
             log.warning("reconcile after reconnect failed: %s", e)

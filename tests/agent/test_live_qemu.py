@@ -360,10 +360,34 @@ def test_disk_hotplug_and_unplug(live_dirs: Any, guest: Guest, serve_process: An
 # --- an unplug the guest never acknowledges ---------------------------------------------
 
 
+def _virsh(*args: str) -> None:
+    subprocess.run(["virsh", "-c", QEMU_URI, *args], check=True, capture_output=True,
+                   timeout=60)
+
+
+def _plug_frozen_nic(agent: Any, vm_id: str, mac: str) -> None:
+    reply = agent.api.hotplugNic({"vmId": vm_id, "xml": (
+        f"<interface type='ethernet'><mac address='{mac}'/><model type='virtio'/>"
+        "</interface>"), "custom": {"speed": "10"}})
+    assert code(reply) == 0, reply
+
+
+def _unplug_in_background(agent: Any, vm_id: str, mac: str) -> tuple[threading.Thread,
+                                                                      dict[str, Any]]:
+    result: dict[str, Any] = {}
+
+    def unplug() -> None:
+        result["reply"] = agent.api.hotunplugNic({"vmId": vm_id, "nic": {"macAddr": mac}})
+
+    waiting = threading.Thread(target=unplug)
+    waiting.start()
+    return waiting, result
+
+
 def test_unplug_from_a_guest_that_never_booted(live_dirs: Any, guest: Guest, serve_process: Any,
                                                tiny_guest: TinyGuest) -> None:
     dirs = live_dirs
-    agent = start_agent(serve_process, dirs, guest, unplug_timeout=2.0)
+    agent = start_agent(serve_process, dirs, guest, unplug_timeout=8.0)
     vm_id = str(uuid.uuid4())
     serial = guest.images / "frozen.log"
     # Started paused: its kernel never runs, so it never releases a device.
@@ -371,36 +395,29 @@ def test_unplug_from_a_guest_that_never_booted(live_dirs: Any, guest: Guest, ser
     reply = agent.api.create({"xml": xml, "launchPaused": True, "custom": {"tag": "frozen"}})
     assert code(reply) == 0, reply
     try:
-        nic = {"type": "interface", "device": "bridge", "network": "x", "macAddr": MAC3}
-        reply = agent.api.hotplugNic({"vmId": vm_id, "xml": (
-            f"<interface type='ethernet'><mac address='{MAC3}'/><model type='virtio'/>"
-            "</interface>"), "custom": {"speed": "10"}})
-        assert code(reply) == 0, reply
-        del nic
+        _plug_frozen_nic(agent, vm_id, MAC3)
         events(dirs)
-        result: dict[str, Any] = {}
-
-        def unplug() -> None:
-            start = time.monotonic()
-            result["reply"] = agent.api.hotunplugNic({"vmId": vm_id,
-                                                      "nic": {"macAddr": MAC3}})
-            result["took"] = time.monotonic() - start
-
-        waiting = threading.Thread(target=unplug)
-        waiting.start()
-        time.sleep(0.5)
-        # The wait holds only that VM: the other one is served meanwhile.
-        start = time.monotonic()
+        waiting, result = _unplug_in_background(agent, vm_id, MAC3)
+        wait_for_file(dirs.root / "before_nic_hotunplug.xml")
+        # The wait holds only that VM: the other one is served meanwhile, by verbs...
         assert code(agent.api.getVmStats(guest.vm_id)) == 0
         assert code(agent.api.pause(guest.vm_id)) == 0
         assert code(agent.api.cont(guest.vm_id)) == 0
-        other_took = time.monotonic() - start
+        # ... and by libvirt's events: those of the waiting VM (a few ms of running, far
+        # from booting) do not hold the event workers the other VM's events need.
+        _virsh("resume", vm_id)
+        _virsh("suspend", vm_id)
+        _virsh("suspend", guest.vm_id)
+        seen = wait_for_status(agent, guest.vm_id, "Paused")
+        assert waiting.is_alive(), "the unplug ended before the check: no proof"
+        del seen
+        _virsh("resume", guest.vm_id)
+        wait_for_status(agent, guest.vm_id, "Up")
         waiting.join(60)
-        assert other_took < result["took"]
         reply = result["reply"]
         assert code(reply) == 50, reply
         assert "did not release" in reply["status"]["message"]
-        assert "2s" in reply["status"]["message"]
+        assert "8s" in reply["status"]["message"]
         assert events(dirs) == [
             "before_nic_hotunplug tag=frozen speed=10 serial= root=interface fs=unset",
             "after_nic_hotunplug_fail tag=frozen speed=10 serial= root=interface fs=unset"]
@@ -409,9 +426,46 @@ def test_unplug_from_a_guest_that_never_booted(live_dirs: Any, guest: Guest, ser
         [dev] = [d for d in listed(agent, vm_id) if d["type"] == "interface"]
         assert dev["macAddr"] == MAC3 and dev["custom"] == {"speed": "10"}
         assert device_meta(vm_id) == {f"interface:{MAC3}": {"speed": "10"}}
-    finally:
+        assert agent.api.list(False, [vm_id])["vmList"][0]["status"] == "Paused"
+        assert agent.stop() == 0
+
+        # A destroy does not wait out a long unplug_timeout: it interrupts the wait.
+        agent = start_agent(serve_process, dirs, guest, unplug_timeout=300.0)
+        _plug_frozen_nic(agent, vm_id, MAC1)
+        events(dirs)
+        (dirs.root / "before_nic_hotunplug.xml").unlink()
+        waiting, result = _unplug_in_background(agent, vm_id, MAC1)
+        wait_for_file(dirs.root / "before_nic_hotunplug.xml")
+        time.sleep(0.5)  # into libvirt's detach call, or past it into the agent's wait
         assert code(agent.api.destroy(vm_id)) == 0
+        waiting.join(60)
+        reply = result["reply"]
+        assert code(reply) == 50 and "interrupted by a destroy" in reply["status"]["message"]
+        assert [e.split()[0] for e in events(dirs)] == ["before_nic_hotunplug",
+                                                        "after_nic_hotunplug_fail"]
+    finally:
+        if agent.proc.poll() is None and vm_id in {v["vmId"] for v in
+                                                   agent.api.list()["vmList"]}:
+            assert code(agent.api.destroy(vm_id)) == 0
+    assert agent.api.list(False, [vm_id])["vmList"] == []
     assert agent.stop() == 0
+
+
+def wait_for_file(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def wait_for_status(agent: Any, vm_id: str, status: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        now = agent.api.list(False, [vm_id])["vmList"][0]["status"]
+        if now == status:
+            return str(now)
+        assert time.monotonic() < deadline, f"VM {vm_id} still {now}, not {status}"
+        time.sleep(0.02)
 
 
 # --- vmUpdateDevice ---------------------------------------------------------------------
