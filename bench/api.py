@@ -14,6 +14,9 @@ through the agent over the same with direct libvirt: the direct guest is the
 XML the agent builds for those params, without its metadata, and the two live
 XMLs are compared so that a difference between the guests is said.
 
+With --live-rounds (default 5), bench/live_ops.py: NIC plug+unplug, disk
+plug+unplug and save+restore on the tiny booting guest, agent over libvirt.
+
 The last line is the worst ratio: `api_overhead_ratio=X.XX`.
 """
 
@@ -126,14 +129,15 @@ def timed(func: Callable[[], None]) -> float:
 
 
 class Agent:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, extra: list[str] | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="hv-bench-"))
         (self.tmp / "hooks").mkdir()
         self.port = free_port()
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "hookvisor.cli.main", "serve", "--libvirt-uri", uri,
              "--listen", f"127.0.0.1:{self.port}", "--hooks-dir", str(self.tmp / "hooks"),
-             "--state-dir", str(self.tmp / "state"), "--run-dir", str(self.tmp / "run")],
+             "--state-dir", str(self.tmp / "state"), "--run-dir", str(self.tmp / "run"),
+             *(extra or [])],
             stdout=subprocess.DEVNULL, stderr=open(self.tmp / "agent.log", "wb"),  # noqa: SIM115
             cwd=ROOT,
             # Settings come from the flags alone, not from a developer's environment.
@@ -309,6 +313,9 @@ def main() -> None:
     parser.add_argument("--stats-vms", type=int, default=1000, help="VMs for getAllVmStats")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--qemu-rounds", type=int, default=5)
+    parser.add_argument("--live-rounds", type=int, default=5,
+                        help="rounds of NIC/disk plug+unplug and save+restore on the tiny "
+                        "guest (bench/live_ops.py); 0 skips them")
     args = parser.parse_args()
     if args.bare_server:
         serve_bare(int(args.bare_server[0]), args.bare_server[1])
@@ -316,6 +323,10 @@ def main() -> None:
     ratios = bench_test_driver(args.create, args.stats_vms, args.rounds)
     if args.qemu_rounds > 0 and qemu_reachable():
         ratios += bench_qemu(args.qemu_rounds)
+    if args.live_rounds > 0 and qemu_reachable():
+        from live_ops import bench_live
+
+        ratios += bench_live(args.live_rounds, lambda extra: Agent("qemu:///system", extra))
     else:
         print("qemu:///system not reachable or --qemu-rounds 0: real-guest figure not measured")
     print(f"api_overhead_ratio={max(ratios):.2f}")
