@@ -32,7 +32,7 @@ LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 def _guest_tools() -> Any:
     """tests/guest.py: the guest's recipe, its XML and the DEVICE_REMOVED waiter."""
     sys.path.insert(0, str(ROOT / "tests"))
-    import guest
+    import guest  # type: ignore[import-not-found]
 
     return guest
 
@@ -49,7 +49,7 @@ def bench_live(rounds: int, agent_factory: Callable[[list[str]], Any]) -> list[f
     conn = g.open_with_events("qemu:///system")
     agent = agent_factory(["--config", str(config)])
     direct_id, agent_id = str(uuid.uuid4()), str(uuid.uuid4())
-    dom = None
+    dom: Any = None
     try:
         dom = conn.createXML(tiny.xml(f"hvbench-live-d-{direct_id[:6]}", tmp / "d.log",
                                       uuid=direct_id), 0)
@@ -127,8 +127,8 @@ def bench_live(rounds: int, agent_factory: Callable[[list[str]], Any]) -> list[f
         conn.close()
     ratios = []
     names = {"nic": "NIC plug+unplug", "disk": "disk plug+unplug", "save": "save+restore"}
-    for op, sides in times.items():
-        d, a = statistics.median(sides["direct"]), statistics.median(sides["agent"])
+    for op, measured in times.items():
+        d, a = statistics.median(measured["direct"]), statistics.median(measured["agent"])
         ratios.append(a / d)
         print(f"qemu:///system tiny guest {names[op]}: libvirt {d*1000:.0f} ms, "
               f"agent {a*1000:.0f} ms -> ratio {a/d:.2f}")

@@ -10,6 +10,7 @@ from typing import Protocol
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.registry import VmRegistry
 from hookvisor.agent.waits import DeviceRemovals
+from hookvisor.config import Settings
 from hookvisor.virt.host import Host
 
 
@@ -35,9 +36,7 @@ class Context:
     props: PropertyChecker
     # Where hooks leave launch flags (hookvisor.hooks.launchflags).
     run_dir: Path
-    # Where hibernation images and hot-plugged disks may be (Settings.storage_dirs).
-    storage_dirs: tuple[Path, ...] = ()
-    # How long a hot-unplug waits for the guest (Settings.unplug_timeout).
-    unplug_timeout: float = 10.0
+    # What a client may ask (storage_dirs, allow_client_qemu_args, bounds).
+    settings: Settings = field(default_factory=Settings)
     # Hot-unplugs waiting for their guest (fed by libvirt's DEVICE_REMOVED events).
     removals: DeviceRemovals = field(default_factory=DeviceRemovals)

@@ -22,6 +22,7 @@ from hookvisor.agent.context import Context, PropertyChecker
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.registry import VmRegistry
 from hookvisor.agent.vm import DOWN, PAUSED, STOPS_DOMAIN, UP, Vm, status_from_libvirt
+from hookvisor.config import Settings
 from hookvisor.errors import Code, VdsmError
 from hookvisor.hooks.records import RunRecords
 from hookvisor.virt.host import (
@@ -52,11 +53,10 @@ class Agent:
         run_dir: Path,
         cluster_version: str,
         records: RunRecords | None = None,
-        storage_dirs: tuple[Path, ...] = (),
-        unplug_timeout: float = 10.0,
+        settings: Settings | None = None,
     ) -> None:
-        self.ctx = Context(host, VmRegistry(), hooks, props, run_dir, storage_dirs,
-                           unplug_timeout)
+        self.settings = settings or Settings()
+        self.ctx = Context(host, VmRegistry(), hooks, props, run_dir, self.settings)
         self.cluster_version = cluster_version
         self.records = records
         self.started_at = time.time()

@@ -46,7 +46,7 @@ _TRUE = {"true", "1", "yes"}
 
 def hibernate(ctx: Context, vm_id: object, handle: object) -> dict[str, Any]:
     def body(vm: Vm) -> dict[str, Any]:
-        path = allowed_path(handle, "hiberVolHandle", ctx.storage_dirs, Code.GENERAL)
+        path = allowed_path(handle, "hiberVolHandle", ctx.settings.storage_dirs, Code.GENERAL)
         if vm.status not in (UP, PAUSED):
             raise VdsmError(Code.GENERAL, f"VM {vm.vm_id} is {vm.status}: only an Up or "
                             "Paused VM can hibernate")
@@ -96,7 +96,7 @@ def _flag(value: Any) -> bool:
 
 
 def _saved(ctx: Context, params: dict[str, Any]) -> tuple[Path, str]:
-    path = allowed_path(params.get("restoreState"), "restoreState", ctx.storage_dirs,
+    path = allowed_path(params.get("restoreState"), "restoreState", ctx.settings.storage_dirs,
                         Code.CREATE_ERR)
     if not path.is_file():
         raise VdsmError(Code.CREATE_ERR, f"restoreState: no image at {path}")

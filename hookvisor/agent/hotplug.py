@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,19 +85,42 @@ def _live(ctx: Context, vm: Vm, code: Code) -> str:
 
 
 def refresh(ctx: Context, vm: Vm) -> None:
-    """The VM's device list and live metadata after a device change (or a failed one)."""
+    """The VM's device list and live metadata as libvirt has them (after an update, or
+    an unplug that did not complete)."""
     try:
         vm.xml = ctx.host.xml(vm.vm_id)
     except HostError as e:
         log.warning("VM %s: no live XML after a device change: %s", vm.vm_id, e)
         return
+    changed(ctx, vm, True)
+
+
+def changed(ctx: Context, vm: Vm, props_changed: bool) -> None:
+    """vm.xml has the VM's devices now: the device list follows, and the live
+    metadata when device properties changed (a restart, a migration or a
+    hibernation image read them from there)."""
     vm.params["devices"] = dx.device_views(vm.xml, vm.device_props)
+    if not props_changed:
+        return  # a metadata write costs libvirt a status file write: only when needed
     try:
         ctx.host.set_metadata(vm.vm_id, dx.metadata_element(metadata_of(vm)), dx.PREFIX,
                               dx.NS)
     except HostError as e:
         # The device change stands; a restart would see stale device properties.
         log.warning("VM %s: cannot update its metadata: %s", vm.vm_id, e)
+
+
+def _known(ctx: Context, vm: Vm, code: Code) -> str:
+    """The VM's XML as the agent last had it from libvirt, plus its own device changes
+    since (no libvirt call); libvirt stays the judge of the change itself."""
+    return vm.xml or _live(ctx, vm, code)
+
+
+def _with_alias(elem: ET.Element) -> None:
+    """A user alias (VDSM's `ua-<uuid>`) unless it has one: the device's name from
+    before the attach, so the agent need not ask libvirt what it was called."""
+    if elem.find("alias") is None:
+        ET.SubElement(elem, "alias", name=f"ua-{uuidlib.uuid4()}")
 
 
 def _check_props(ctx: Context, kind: str, props: dict[str, str], code: Code) -> None:
@@ -146,6 +170,7 @@ def _new_nic(params: dict[str, Any], live: str) -> tuple[str, dict[str, str]]:
         if elem.find("mac") is None:  # its identity for metadata and unplug
             ET.SubElement(elem, "mac", address=_random_mac())
         custom = _props(params.get("custom"), "custom", problems)
+        _with_alias(elem)
         xml = dx.element_string(elem)
     else:
         dev = params.get("nic")
@@ -153,7 +178,7 @@ def _new_nic(params: dict[str, Any], live: str) -> tuple[str, dict[str, str]]:
             raise VdsmError(code, f"nic: expected a device struct (or xml), got {dev!r}")
         spec, _shown = _nic(dev, "nic", problems)
         custom = spec.custom
-        xml = dx.nic_xml(spec)
+        xml = _aliased(dx.nic_xml(spec))
     if problems.items:
         raise VdsmError(code, "bad hotplugNic params: " + "; ".join(problems.items))
     return xml, custom
@@ -168,10 +193,11 @@ def _new_disk(ctx: Context, params: dict[str, Any], live: str) -> tuple[str, dic
         source = elem.find("source")
         path = source.get("file") if source is not None else None
         if path is not None:
-            allowed_path(path, "xml <source file>", ctx.storage_dirs, code)
+            allowed_path(path, "xml <source file>", ctx.settings.storage_dirs, code)
         target_elem = elem.find("target")
         if target_elem is None or not target_elem.get("dev"):
             raise VdsmError(code, "xml: the disk has no <target dev=…>")
+        _with_alias(elem)
         xml = dx.element_string(elem)
     else:
         dev = params.get("drive")
@@ -181,15 +207,21 @@ def _new_disk(ctx: Context, params: dict[str, Any], live: str) -> tuple[str, dic
         if problems.items:
             raise VdsmError(code, "bad hotplugDisk params: " + "; ".join(problems.items))
         if spec.path:
-            allowed_path(spec.path, "drive.path", ctx.storage_dirs, code)
+            allowed_path(spec.path, "drive.path", ctx.settings.storage_dirs, code)
         custom = spec.custom
         name = dev.get("name")
         target = name if isinstance(name, str) and name else dx.free_disk_target(
             live, spec.iface)
-        xml = dx.disk_xml(spec, target)
+        xml = _aliased(dx.disk_xml(spec, target))
     if problems.items:
         raise VdsmError(code, "bad hotplugDisk params: " + "; ".join(problems.items))
     return xml, custom
+
+
+def _aliased(xml: str) -> str:
+    elem = dx.parse(xml, "device XML")
+    _with_alias(elem)
+    return dx.element_string(elem)
 
 
 def hotplug(ctx: Context, params: Any, kind: Kind) -> dict[str, Any]:
@@ -197,7 +229,7 @@ def hotplug(ctx: Context, params: Any, kind: Kind) -> dict[str, Any]:
     vm = _running(ctx, params, code)
 
     def body() -> dict[str, Any]:
-        live = _live(ctx, vm, code)
+        live = _known(ctx, vm, code)
         if kind is NIC:
             xml, custom = _new_nic(params, live)
         else:
@@ -218,10 +250,10 @@ def hotplug(ctx: Context, params: Any, kind: Kind) -> dict[str, Any]:
                                     f"{vm.vm_id}: {e}") from None
                 if custom and new_key is not None:
                     vm.device_props[new_key] = dict(custom)
-                refresh(ctx, vm)
-            ref = dx.find_device(vm.xml, new_key) if new_key else None
+                vm.xml = dx.add_device(vm.xml or _live(ctx, vm, code), final)
+                changed(ctx, vm, bool(custom and new_key is not None))
             log.info("VM %s: %s %s plugged", vm.vm_id, kind.tag, new_key)
-            return ref.xml if ref is not None else final
+            return final
 
         ctx.hooks.around(kind.plug, xml, vm, act, device_props=custom, after=lambda dev: dev)
         return vm.full()
@@ -271,8 +303,9 @@ def hotunplug(ctx: Context, params: Any, kind: Kind) -> dict[str, Any]:
 
     def body() -> dict[str, Any]:
         match = _which(params, kind)
-        live = _live(ctx, vm, code)
-        elem = _find(live, kind.tag, match)
+        elem = _find(_known(ctx, vm, code), kind.tag, match)
+        if elem is None:  # maybe plugged outside the agent: libvirt knows
+            elem = _find(_live(ctx, vm, code), kind.tag, match)
         if elem is None:
             raise VdsmError(code, f"VM {vm.vm_id} has no such {kind.tag}")
         key = dx.device_key(elem)
@@ -294,7 +327,7 @@ def hotunplug(ctx: Context, params: Any, kind: Kind) -> dict[str, Any]:
 def _detach(ctx: Context, vm: Vm, kind: Kind, xml: str, alias: str | None,
             key: str | None) -> None:
     code = kind.unplug_code
-    deadline = time.monotonic() + ctx.unplug_timeout
+    deadline = time.monotonic() + ctx.settings.unplug_timeout
     if alias is not None:
         ctx.removals.expect(vm.vm_id, alias)
     try:
@@ -305,8 +338,13 @@ def _detach(ctx: Context, vm: Vm, kind: Kind, xml: str, alias: str | None,
         raise VdsmError(Code.UNAVAIL if e.disconnected else code,
                         f"libvirt could not detach the {kind.tag} from VM {vm.vm_id}: "
                         f"{e}") from None
-    removed = alias is None or ctx.removals.wait(vm.vm_id, alias, deadline)
-    gone = removed or _gone(ctx, vm, kind, key, alias)
+    removed = alias is not None and ctx.removals.wait(vm.vm_id, alias, deadline)
+    if removed:
+        had_props = key is not None and vm.device_props.pop(key, None) is not None
+        vm.xml = dx.remove_device(vm.xml, lambda e: _same(e, key, alias))
+        changed(ctx, vm, had_props)
+        return
+    gone = _gone(ctx, vm, kind, key, alias)  # an event missed, or no alias to wait for
     if gone and key is not None:
         vm.device_props.pop(key, None)
     refresh(ctx, vm)
@@ -316,7 +354,7 @@ def _detach(ctx: Context, vm: Vm, kind: Kind, xml: str, alias: str | None,
         raise VdsmError(code, f"unplug of {alias} from VM {vm.vm_id} interrupted by a "
                         "destroy")
     raise VdsmError(code, f"the guest did not release {kind.tag} {alias} within "
-                    f"{ctx.unplug_timeout:g}s (unplug_timeout; no DEVICE_REMOVED from "
+                    f"{ctx.settings.unplug_timeout:g}s (unplug_timeout; no DEVICE_REMOVED from "
                     "libvirt): it is still attached")
 
 
@@ -326,9 +364,12 @@ def _gone(ctx: Context, vm: Vm, kind: Kind, key: str | None, alias: str | None) 
         live = ctx.host.xml(vm.vm_id)
     except HostError:
         return False
-    return _find(live, kind.tag, lambda e: (
-        (alias is not None and dx.device_alias(e) == alias)
-        or (key is not None and dx.device_key(e) == key))) is None
+    return _find(live, kind.tag, lambda e: _same(e, key, alias)) is None
+
+
+def _same(elem: ET.Element, key: str | None, alias: str | None) -> bool:
+    return ((alias is not None and dx.device_alias(elem) == alias)
+            or (key is not None and dx.device_key(elem) == key))
 
 
 # --- update -------------------------------------------------------------------------

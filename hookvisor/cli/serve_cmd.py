@@ -136,7 +136,7 @@ def serve(settings: Settings, ready: threading.Event | None = None,
         hooks.run("after_vdsm_stop")
         return 1
     agent = Agent(host, hooks, props, settings.run_dir, settings.cluster_version, records,
-                  settings.storage_dirs, settings.unplug_timeout)
+                  settings=settings)
     try:
         server = make_server(agent, settings.listen)
     except (OSError, ValueError) as e:

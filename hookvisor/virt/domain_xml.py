@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -441,3 +442,26 @@ def device_views(text: str, device_props: dict[str, dict[str, str]]) -> list[dic
         if view is not None:
             out.append(view)
     return out
+
+
+def add_device(text: str, device_xml: str) -> str:
+    """`text` with `device_xml` appended to its <devices> (the agent's record of a
+    hot-plugged device, without the address libvirt gave it)."""
+    root = parse_domain(text)
+    parent = root.find("devices")
+    if parent is None:
+        parent = ET.SubElement(root, "devices")
+    parent.append(parse(device_xml, "device XML"))
+    return to_string(root)
+
+
+def remove_device(text: str, match: Callable[[ET.Element], bool]) -> str:
+    """`text` without its first device for which `match` is true."""
+    root = parse_domain(text)
+    parent = root.find("devices")
+    for elem in _device_elems(root):
+        if match(elem):
+            assert parent is not None
+            parent.remove(elem)
+            break
+    return to_string(root)

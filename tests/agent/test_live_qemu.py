@@ -361,8 +361,9 @@ def test_disk_hotplug_and_unplug(live_dirs: Any, guest: Guest, serve_process: An
 
 
 def _virsh(*args: str) -> None:
-    subprocess.run(["virsh", "-c", QEMU_URI, *args], check=True, capture_output=True,
-                   timeout=60)
+    done = subprocess.run(["virsh", "-c", QEMU_URI, *args], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, f"virsh {' '.join(args)}: {done.stderr}"
 
 
 def _plug_frozen_nic(agent: Any, vm_id: str, mac: str) -> None:
