@@ -235,7 +235,9 @@ def hotplug(ctx: Context, params: Any, kind: Kind) -> dict[str, Any]:
         else:
             xml, custom = _new_disk(ctx, params, live)
         key = dx.device_key(dx.parse(xml, "device XML"))
-        if key is not None and dx.find_device(live, key) is not None:
+        # Not dx.find_device: that serialises every device of the domain.
+        if key is not None and _find(live, kind.tag,
+                                     lambda e: dx.device_key(e) == key) is not None:
             raise VdsmError(code, f"VM {vm.vm_id} already has the device {key}")
         _check_props(ctx, kind.tag, custom, code)
 
