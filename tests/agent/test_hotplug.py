@@ -51,6 +51,7 @@ def agent(dirs: Any, images: Path, inproc_agent: Any, monkeypatch: pytest.Monkey
     for event in ("before_nic_hotplug", "after_nic_hotplug", "after_nic_hotplug_fail",
                   "before_nic_hotunplug", "after_nic_hotunplug_fail",
                   "before_disk_hotplug", "after_disk_hotplug_fail",
+                  "before_disk_hotunplug", "after_disk_hotunplug_fail",
                   "before_update_device", "after_update_device_fail"):
         dirs.hook(event, "50_rec", f'echo "{event} tag=$tag speed=${{speed-}} '
                   f'serial=${{serial-}} $(head -c 10 "$_hook_domxml")" >> {dirs.root}/events.log\n')
@@ -117,6 +118,25 @@ def test_disk_failures(agent: Any, vm: str, dirs: Any, images: Path, tmp_path: P
     reply = agent.api.hotunplugDisk({"vmId": vm, "drive": {"name": "vdq"}})
     assert code(reply) == 46 and "no such disk" in reply["status"]["message"]
     assert events(dirs) == []
+
+
+
+def test_a_refused_disk_detach_runs_after_fail(agent: Any, dirs: Any, images: Path) -> None:
+    disk = images / "boot.raw"
+    disk.write_bytes(b"\0" * 4096)
+    p = {"vmId": str(uuid.uuid4()), "vmName": "hvtest-plugdisk", "memSize": 64,
+         "custom": {"tag": "red"},
+         "devices": [{"type": "disk", "path": str(disk), "custom": {"serial": "B1"}}]}
+    assert code(agent.api.create(p)) == 0
+    try:
+        reply = agent.api.hotunplugDisk({"vmId": p["vmId"], "drive": {"path": str(disk)}})
+        assert code(reply) == 46 and "could not detach" in reply["status"]["message"]
+        assert events(dirs) == [
+            "before_disk_hotunplug tag=red speed= serial=B1 <disk type",
+            "after_disk_hotunplug_fail tag=red speed= serial=B1 <disk type"]
+        assert str(disk) in live_xml(p["vmId"])
+    finally:
+        assert code(agent.api.destroy(p["vmId"])) == 0
 
 
 def test_bad_params_are_refused_before_any_hook(agent: Any, vm: str, dirs: Any) -> None:

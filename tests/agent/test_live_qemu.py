@@ -477,6 +477,10 @@ def test_update_device_link_and_custom(live_dirs: Any, guest: Guest, bridge: str
     dirs = live_dirs
     hook(dirs, "before_update_device", "60_veto",
          '[ "$speed" = 1 ] && { echo "too slow" >&2; exit 2; }\nexit 0\n')
+    # It may modify: for speed 300 the link stays up whatever the client asked.
+    hook(dirs, "before_update_device", "70_mod",
+         '[ "$speed" = 300 ] && sed -i "s|state=.down.|state=\\"up\\"|" "$_hook_domxml"\n'
+         'exit 0\n')
     agent = start_agent(serve_process, dirs, guest)
     nic = {"type": "interface", "device": "bridge", "network": bridge, "macAddr": MAC1,
            "custom": {"speed": "100"}}
@@ -496,6 +500,15 @@ def test_update_device_link_and_custom(live_dirs: Any, guest: Guest, bridge: str
         assert "state='down'" in (dirs.root / "before_update_device.xml").read_text() \
             or 'state="down"' in (dirs.root / "before_update_device.xml").read_text()
 
+        reply = agent.api.vmUpdateDevice(guest.vm_id, {"macAddr": MAC1, "linkActive": False,
+                                                       "custom": {"speed": "300"}})
+        assert code(reply) == 0, reply
+        elem = next(i for i in live(guest.vm_id).iterfind("devices/interface"))
+        assert elem.find("link").get("state") == "up"  # type: ignore[union-attr]
+        reply = agent.api.vmUpdateDevice(guest.vm_id, {"macAddr": MAC1, "linkActive": False,
+                                                       "custom": {"speed": "200"}})
+        assert code(reply) == 0, reply
+        events(dirs)
         reply = agent.api.vmUpdateDevice(guest.vm_id, {"macAddr": MAC1, "custom": {"speed": "1"}})
         assert code(reply) == 78 and "too slow" in reply["status"]["message"]
         assert device_meta(guest.vm_id) == {f"interface:{MAC1}": {"speed": "200"}}
