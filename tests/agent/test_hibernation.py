@@ -147,7 +147,7 @@ def test_hibernate_outside_the_storage_dirs_is_refused(agent: Any, dirs: Any, im
     # A symlink inside that points out is judged by where it points.
     (images / "link").symlink_to(tmp_path)
     reply = agent.api.hibernate(p["vmId"], str(images / "link" / "out.save"))
-    assert code(reply) == 100 and "not under an allowed" in reply["status"]["message"]
+    assert code(reply) == 100 and "storage_dirs" in reply["status"]["message"]
     assert not outside.exists() and not (tmp_path / "out.save").exists()
     assert events(dirs) == []  # refused before any hook
     assert agent.api.list()["vmList"][0]["status"] == "Up"
@@ -208,7 +208,7 @@ def test_vetoed_or_failed_restore_leaves_the_image(agent: Any, dirs: Any, images
     assert digest(image) == before
 
     for bad, why in ((str(images / "nothing.save"), "no image"),
-                     ("/etc/passwd", "not under an allowed")):
+                     ("/etc/passwd", "storage_dirs")):
         reply = agent.api.create({"restoreState": bad})
         assert code(reply) == 9 and why in reply["status"]["message"], reply
     # A vmId that is not the image's VM.

@@ -105,7 +105,7 @@ def test_disk_failures(agent: Any, vm: str, dirs: Any, images: Path, tmp_path: P
     assert code(reply) == 45 and "could not attach" in reply["status"]["message"]
     assert events(dirs) == ["before_disk_hotplug tag=red speed= serial=S1 <disk type",
                             "after_disk_hotplug_fail tag=red speed= serial=S1 <disk type"]
-    for drive, why in (({"path": str(tmp_path / "x.raw")}, "not under an allowed"),
+    for drive, why in (({"path": str(tmp_path / "x.raw")}, "storage_dirs"),
                        ({"path": "rel.raw"}, "drive.path"),
                        ({"path": str(ok), "custom": {"serial": "low"}}, "serial"),
                        ({"path": str(ok), "iface": "floppy"}, "drive.iface"),
@@ -114,7 +114,10 @@ def test_disk_failures(agent: Any, vm: str, dirs: Any, images: Path, tmp_path: P
         assert code(reply) == 45 and why in reply["status"]["message"], (drive, reply)
     reply = agent.api.hotplugDisk({"vmId": vm, "xml": f"<disk><source file='{tmp_path}/y'/>"
                                    "<target dev='vdz'/></disk>"})
-    assert code(reply) == 45 and "not under an allowed" in reply["status"]["message"]
+    assert code(reply) == 45 and "storage_dirs" in reply["status"]["message"]
+    reply = agent.api.hotplugDisk({"vmId": vm, "xml": "<disk type='block'>"
+                                   "<source dev='/dev/sda'/><target dev='vdz'/></disk>"})
+    assert code(reply) == 45 and "only file disks" in reply["status"]["message"]
     reply = agent.api.hotunplugDisk({"vmId": vm, "drive": {"name": "vdq"}})
     assert code(reply) == 46 and "no such disk" in reply["status"]["message"]
     assert events(dirs) == []
@@ -149,6 +152,8 @@ def test_bad_params_are_refused_before_any_hook(agent: Any, vm: str, dirs: Any) 
          "already has"),
         ("hotplugNic", {"vmId": vm, "xml": "<domain><devices/></domain>"}, 49, "no <interface>"),
         ("hotplugNic", {"vmId": vm, "xml": "<interface"}, 49, "not well-formed"),
+        ("hotplugNic", {"vmId": vm, "xml": "<interface type='ethernet'><script path='/x'/>"
+                        "</interface>"}, 49, "<script>"),
         ("hotplugNic", {"vmId": vm}, 49, "nic:"),
         ("hotplugNic", ["not", "a", "struct"], 49, "params"),
         ("hotunplugNic", {"vmId": vm, "nic": {}}, 50, "macAddr or alias"),

@@ -331,7 +331,7 @@ def test_disk_hotplug_and_unplug(live_dirs: Any, guest: Guest, serve_process: An
     outside = tmp_path / "outside.raw"
     outside.write_bytes(b"\0" * 4096)
     reply = agent.api.hotplugDisk({"vmId": guest.vm_id, "drive": {**drive, "path": str(outside)}})
-    assert code(reply) == 45 and "not under an allowed" in reply["status"]["message"]
+    assert code(reply) == 45 and "storage_dirs" in reply["status"]["message"]
     assert events(dirs) == [] and disks(guest.vm_id) == {"vda": str(image)}
 
     # A vetoed unplug leaves it; then by path it goes.
@@ -541,7 +541,7 @@ def test_hibernate_kill_the_agent_restore(live_dirs: Any, guest: Guest, serve_pr
         "</interface>"), "custom": {"speed": "42"}})
     assert code(reply) == 0, reply
     reply = first.api.hibernate(guest.vm_id, str(tmp_path / "not-allowed.save"))
-    assert code(reply) == 100 and "not under an allowed" in reply["status"]["message"]
+    assert code(reply) == 100 and "storage_dirs" in reply["status"]["message"]
     assert not (tmp_path / "not-allowed.save").exists()
     events(dirs)
     image = guest.images / "guest.save"
