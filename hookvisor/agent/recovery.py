@@ -44,6 +44,8 @@ def adopt(ctx: Context, domains: Iterable[DomainInfo]) -> int:
             continue
         params = dict(meta.params)
         started = params.pop("startedAt", None)
+        # The devices as they are now (hot-plugged ones too), not as created.
+        params["devices"] = dx.device_views(dom.xml, meta.device_props)
         vm = Vm(
             vm_id=dom.uuid,
             name=dom.name,

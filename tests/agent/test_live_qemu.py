@@ -257,6 +257,13 @@ def test_nic_hotplug_and_unplug(live_dirs: Any, guest: Guest, bridge: str,
     assert code(reply) == 0, reply
     assert {MAC1, MAC2} <= macs(guest.vm_id)
     events(dirs)
+    # A restarted agent lists the devices as they are, with their properties.
+    assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+    agent = serve_process(QEMU_URI, ["--config", str(dirs.root / "agent.toml")])
+    nics = {d["macAddr"]: d for d in listed(agent, guest.vm_id) if d["type"] == "interface"}
+    assert set(nics) == {MAC1, MAC2}
+    assert nics[MAC1]["custom"] == {"speed": "1000", "tag": "devtag"}
+    assert nics[MAC2]["custom"] == {} and nics[MAC2]["alias"].startswith("ua-")
 
     # Vetoed: not attached, and nothing after.
     veto = {**nic, "macAddr": MAC3, "custom": {"speed": "666"}}
