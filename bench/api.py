@@ -19,6 +19,9 @@ through the agent over the same with direct libvirt: the direct guest is the
 XML the agent builds for those params, without its metadata, and the two live
 XMLs are compared so that a difference between the guests is said.
 
+With --live-rounds (default 5), bench/live_ops.py: NIC plug+unplug, disk
+plug+unplug and save+restore on the tiny booting guest, agent over libvirt.
+
 The last line is the worst ratio: `api_overhead_ratio=X.XX`.
 """
 
@@ -176,7 +179,8 @@ def timed(func: Callable[[], None]) -> float:
 
 
 class Agent:
-    def __init__(self, uri: str, tls: Pki | None = None) -> None:
+    def __init__(self, uri: str, tls: Pki | None = None,
+                 extra: list[str] | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="hv-bench-"))
         (self.tmp / "hooks").mkdir()
         self.port = free_port()
@@ -186,7 +190,8 @@ class Agent:
             [PYTHON, "-m", "hookvisor.cli.main", "serve", "--libvirt-uri", uri,
              "--listen", f"127.0.0.1:{self.port}", *transport,
              "--hooks-dir", str(self.tmp / "hooks"),
-             "--state-dir", str(self.tmp / "state"), "--run-dir", str(self.tmp / "run")],
+             "--state-dir", str(self.tmp / "state"), "--run-dir", str(self.tmp / "run"),
+             *(extra or [])],
             stdout=subprocess.DEVNULL, stderr=open(self.tmp / "agent.log", "wb"),  # noqa: SIM115
             cwd=ROOT,
             # Settings come from the flags alone, not from a developer's environment.
@@ -393,6 +398,9 @@ def main() -> None:
     parser.add_argument("--stats-vms", type=int, default=1000, help="VMs for getAllVmStats")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--qemu-rounds", type=int, default=5)
+    parser.add_argument("--live-rounds", type=int, default=5,
+                        help="rounds of NIC/disk plug+unplug and save+restore on the tiny "
+                        "guest (bench/live_ops.py); 0 skips them")
     args = parser.parse_args()
     if args.bare_server:
         serve_bare(int(args.bare_server[0]), args.bare_server[1], args.bare_server[2] or None)
@@ -407,6 +415,10 @@ def main() -> None:
         shutil.rmtree(pki_root, ignore_errors=True)
     if args.qemu_rounds > 0 and qemu_reachable():
         ratios += bench_qemu(args.qemu_rounds)
+    if args.live_rounds > 0 and qemu_reachable():
+        from live_ops import bench_live
+
+        ratios += bench_live(args.live_rounds, lambda extra: Agent("qemu:///system", extra=extra))
     else:
         print("qemu:///system not reachable or --qemu-rounds 0: real-guest figure not measured")
     print(f"api_overhead_ratio={max(ratios):.2f}")

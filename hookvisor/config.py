@@ -83,6 +83,11 @@ class Settings:
     # A second setupNetworks waits this long for the first, then is refused.
     net_lock_wait: float = 30.0
 
+    # --- live VM operations (issue 8) ---
+    # How long a hot-unplug waits for the guest to release the device (libvirt's
+    # DEVICE_REMOVED event) before it answers hotunplugNic/hotunplugDisk.
+    unplug_timeout: float = 10.0
+
     def pki_paths(self) -> tuple[Path, Path, Path]:
         """(CA certificate, host certificate, host key), defaults under pki_dir."""
         return (self.ca_cert or self.pki_dir / "certs" / "cacert.pem",

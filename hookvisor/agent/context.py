@@ -9,6 +9,7 @@ from typing import Protocol
 
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.registry import VmRegistry
+from hookvisor.agent.waits import DeviceRemovals
 from hookvisor.config import Settings
 from hookvisor.virt.host import Host
 
@@ -37,3 +38,5 @@ class Context:
     run_dir: Path
     # What a client may ask (storage_dirs, allow_client_qemu_args, bounds).
     settings: Settings = field(default_factory=Settings)
+    # Hot-unplugs waiting for their guest (fed by libvirt's DEVICE_REMOVED events).
+    removals: DeviceRemovals = field(default_factory=DeviceRemovals)

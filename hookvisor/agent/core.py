@@ -14,17 +14,18 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from hookvisor.agent import lifecycle, recovery, reports
+from hookvisor.agent import hibernation, hotplug, lifecycle, recovery, reports
 from hookvisor.agent.context import Context, PropertyChecker
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.network import NetworkService
 from hookvisor.agent.params import show
 from hookvisor.agent.registry import VmRegistry
-from hookvisor.agent.vm import DOWN, PAUSED, UP, Vm, status_from_libvirt
+from hookvisor.agent.vm import DOWN, PAUSED, STOPS_DOMAIN, UP, Vm, status_from_libvirt
 from hookvisor.config import Settings
 from hookvisor.errors import Code, VdsmError
 from hookvisor.hooks.catalogue import EVENTS
@@ -33,12 +34,16 @@ from hookvisor.virt.host import (
     EVENT_RESUMED,
     EVENT_STOPPED,
     EVENT_SUSPENDED,
+    STOPPED_NOT_DEATH,
     Host,
     HostError,
     stop_reason,
 )
 
 log = logging.getLogger("hookvisor.agent")
+
+# Seconds between looks at a VM a long operation holds (see Agent._when_free).
+_BUSY_RETRY = 0.2
 
 # The lifecycle events that may change a VM's status.
 _WATCHED = (EVENT_STOPPED, EVENT_SUSPENDED, EVENT_RESUMED)
@@ -152,7 +157,11 @@ class Agent:
         self._stale = threading.Event()
         # Host networking; None: setupNetworks answers noimpl (set by the server).
         self.network: NetworkService | None = None
+        # Work on a VM whose lock a long operation holds, to run once it is free.
+        self._later: dict[tuple[str, str], Callable[[], None]] = {}
+        self._later_lock = threading.Lock()
         host.on_lifecycle(self._on_lifecycle, _WATCHED)
+        host.on_device_removed(self.ctx.removals.removed)
         host.on_connection(self._on_connection)
 
     # --- start and stop -------------------------------------------------------
@@ -185,7 +194,12 @@ class Agent:
     # --- verbs ----------------------------------------------------------------
 
     def create(self, params: Any) -> dict[str, Any]:
+        if isinstance(params, dict) and params.get("restoreState") is not None:
+            return hibernation.restore(self.ctx, params)  # dehibernate
         return lifecycle.create(self.ctx, params)
+
+    def hibernate(self, vm_id: Any, hiber_vol_handle: Any = None) -> dict[str, Any]:
+        return hibernation.hibernate(self.ctx, vm_id, hiber_vol_handle)
 
     def destroy(self, vm_id: Any) -> dict[str, Any]:
         return lifecycle.destroy(self.ctx, vm_id_arg(vm_id))
@@ -195,6 +209,21 @@ class Agent:
 
     def cont(self, vm_id: Any) -> dict[str, Any]:
         return lifecycle.cont(self.ctx, vm_id_arg(vm_id))
+
+    def hotplug_nic(self, params: Any) -> dict[str, Any]:
+        return hotplug.hotplug(self.ctx, params, hotplug.NIC)
+
+    def hotunplug_nic(self, params: Any) -> dict[str, Any]:
+        return hotplug.hotunplug(self.ctx, params, hotplug.NIC)
+
+    def hotplug_disk(self, params: Any) -> dict[str, Any]:
+        return hotplug.hotplug(self.ctx, params, hotplug.DISK)
+
+    def hotunplug_disk(self, params: Any) -> dict[str, Any]:
+        return hotplug.hotunplug(self.ctx, params, hotplug.DISK)
+
+    def vm_update_device(self, vm_id: Any, params: Any = None) -> dict[str, Any]:
+        return hotplug.update_device(self.ctx, vm_id, params)
 
     def list_vms(self, full: Any = False, vm_list: Any = None) -> list[dict[str, Any]]:
         full = bool_arg(full, "fullStatus")
@@ -308,31 +337,68 @@ class Agent:
         """On libvirt's event thread: only decide whether to look closer."""
         if event not in _WATCHED:
             return
+        if event == EVENT_STOPPED:
+            self.ctx.removals.wake(vm_id)  # an unplug waiting on this guest: it is gone
         vm = self.ctx.registry.find(vm_id)
-        if vm is None or vm.stopping or self._closed.is_set():
+        if vm is None or vm.operation in STOPS_DOMAIN or self._closed.is_set():
             return
         with contextlib.suppress(RuntimeError):  # shutting down
             self._events.submit(self._follow_up, vm, event, detail)
 
     def _follow_up(self, vm: Vm, event: int, detail: int) -> None:
-        with vm.lock:
-            if vm.removed or vm.stopping or vm.status == DOWN:
+        self._when_free(vm, "event", lambda: self._check(vm, event, detail))
+
+    def _when_free(self, vm: Vm, kind: str, work: Callable[[], None]) -> None:
+        """Run `work` under vm.lock, on an event worker, without waiting for the lock.
+
+        A long operation may hold the VM (a hot-unplug waiting for its guest, a
+        save writing memory); the few event workers serve every VM, so instead of
+        blocking one, look again a little later. Of repeated work of one `kind`
+        for one VM, only the latest is kept while it waits.
+        """
+        if not vm.lock.acquire(blocking=False):
+            key = (vm.vm_id, kind)
+            with self._later_lock:
+                waiting = key in self._later
+                self._later[key] = work
+            if not waiting and not self._closed.is_set():
+                timer = threading.Timer(_BUSY_RETRY, self._retry, (vm, kind))
+                timer.daemon = True
+                timer.start()
+            return
+        try:
+            if not vm.removed:
+                work()
+        finally:
+            vm.lock.release()
+
+    def _retry(self, vm: Vm, kind: str) -> None:
+        with self._later_lock:
+            work = self._later.pop((vm.vm_id, kind), None)
+        if work is None or vm.removed or self._closed.is_set():
+            return
+        with contextlib.suppress(RuntimeError):  # shutting down
+            self._events.submit(self._when_free, vm, kind, work)
+
+    def _check(self, vm: Vm, event: int, detail: int) -> None:
+        """Under vm.lock: what libvirt says now decides, not the (maybe stale) event."""
+        if vm.operation in STOPS_DOMAIN or vm.status == DOWN:
+            return
+        # The event may be stale (a later create reused the vmId): ask libvirt.
+        try:
+            state, reason = self.ctx.host.state(vm.vm_id)
+        except HostError as e:
+            if not e.no_domain:
+                log.warning("VM %s: state unknown after event: %s", vm.vm_id, e)
                 return
-            # The event may be stale (a later create reused the vmId): ask libvirt.
-            try:
-                state, reason = self.ctx.host.state(vm.vm_id)
-            except HostError as e:
-                if not e.no_domain:
-                    log.warning("VM %s: state unknown after event: %s", vm.vm_id, e)
-                    return
-                self._died(vm, event, detail)
-                return
-            status = status_from_libvirt(state, reason)
-            if status == DOWN:
-                self._died(vm, event, detail)
-            elif vm.status in (UP, PAUSED) and status != vm.status:
-                log.info("VM %s: %s -> %s (outside the agent)", vm.vm_id, vm.status, status)
-                vm.status = status
+            self._died(vm, event, detail)
+            return
+        status = status_from_libvirt(state, reason)
+        if status == DOWN:
+            self._died(vm, event, detail)
+        elif vm.status in (UP, PAUSED) and status != vm.status:
+            log.info("VM %s: %s -> %s (outside the agent)", vm.vm_id, vm.status, status)
+            vm.set_status(status)
 
     def _on_connection(self, connected: bool) -> None:
         """On libvirt's event thread or the reconnect thread: only flag and hand over."""
@@ -347,7 +413,8 @@ class Agent:
     def _reconcile(self) -> None:
         """libvirt is back: match the VMs with what it runs now, then lift the gate."""
         try:
-            died, adopted = recovery.reconcile(self.ctx, self._gone)
+            died, adopted = recovery.reconcile(
+                self.ctx, self._gone, lambda vm, work: self._when_free(vm, "reconcile", work))
         except HostError as e:
             # Lost again: the next reconnect reconciles; the gate stays.
             log.warning("reconcile after reconnect failed: %s", e)
@@ -364,11 +431,14 @@ class Agent:
     def _died(self, vm: Vm, event: int, detail: int) -> None:
         """The VM stopped without the agent: Down, after_ destroy hooks once, kept listed."""
         reason, abnormal = stop_reason(event, detail)
-        self._down(vm, reason, abnormal)
+        # Saved or migrated away (by someone else): the VM lives on elsewhere.
+        death = not (event == EVENT_STOPPED and detail in STOPPED_NOT_DEATH)
+        self._down(vm, reason, abnormal, death)
 
-    def _down(self, vm: Vm, reason: str, abnormal: bool) -> None:
-        vm.status = DOWN
+    def _down(self, vm: Vm, reason: str, abnormal: bool, death: bool = True) -> None:
         vm.exit_code = 1 if abnormal else 0
         vm.exit_message = reason
+        vm.set_status(DOWN)
         log.warning("VM %s (%s) is Down: %s", vm.vm_id, vm.name, reason)
-        lifecycle.after_destroy(self.ctx, vm, vm.xml)
+        if death:
+            lifecycle.after_destroy(self.ctx, vm, vm.xml)

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from hookvisor.agent.vm import Vm
 from hookvisor.errors import Code, VdsmError
+from hookvisor.hooks.catalogue import EVENTS, get_event
 from hookvisor.hooks.runner import ChainResult
+
+T = TypeVar("T")
+# (device XML, that device's custom properties): the per-device events' inputs.
+DeviceHooks = Sequence[tuple[str, Mapping[str, str]]]
 
 log = logging.getLogger("hookvisor.hooks")
 
@@ -28,34 +34,55 @@ def describe_os_error(e: OSError) -> str:
     reason = e.strerror or str(e)
     return f"{reason}: {e.filename}" if e.filename else reason
 
-# The events this agent runs (getVdsCapabilities reports them).
-SUPPORTED_EVENTS = (
-    "before_vdsm_start",
-    "after_vdsm_stop",
-    "before_vm_start",
-    "after_vm_start",
-    "before_device_create",
-    "after_device_create",
-    "before_vm_pause",
-    "after_vm_pause",
-    "before_vm_cont",
-    "after_vm_cont",
-    "before_vm_destroy",
-    "after_vm_destroy",
-    "before_device_destroy",
-    "after_device_destroy",
-    "before_get_caps",
-    "after_get_caps",
-    "before_get_stats",
-    "after_get_stats",
-    "before_get_vm_stats",
-    "after_get_vm_stats",
-    "before_get_all_vm_stats",
-    "after_get_all_vm_stats",
-    "before_network_setup",
-    "after_network_setup",
-    "after_network_setup_fail",
-)
+# Every event the agent fires, registered where it is used (Family, uses()):
+# getVdsCapabilities reports this set, so it cannot drift from the code.
+_USED: set[str] = set()
+
+
+def uses(*events: str) -> tuple[str, ...]:
+    """Declare events a module fires; a name not in the catalogue fails at import."""
+    for event in events:
+        get_event(event)
+        _USED.add(event)
+    return events
+
+
+def supported_events() -> list[str]:
+    """The events this agent fires, in the catalogue's order."""
+    order = {name: i for i, name in enumerate(EVENTS)}
+    return sorted(_USED, key=lambda e: order[e])
+
+
+@dataclass(frozen=True)
+class Family:
+    """One hooked operation's events: before_<name>, after_<name>, maybe after_<name>_fail.
+
+    Made with `family()`, which registers the events as used.
+    """
+
+    name: str
+    fail: bool = False
+
+    @property
+    def before(self) -> str:
+        return f"before_{self.name}"
+
+    @property
+    def after(self) -> str:
+        return f"after_{self.name}"
+
+    @property
+    def after_fail(self) -> str:
+        return f"after_{self.name}_fail"
+
+
+def family(name: str, fail: bool = False) -> Family:
+    fam = Family(name, fail)
+    uses(fam.before, fam.after, *((fam.after_fail,) if fail else ()))
+    return fam
+
+
+uses("before_vdsm_start", "after_vdsm_stop")
 
 
 class Runner(Protocol):
@@ -98,6 +125,7 @@ class HookCalls:
         vm: Vm | None = None,
         device_props: Mapping[str, str] | None = None,
         vm_id: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> str:
         """Run `event`; its final data (the input for events that may not modify).
 
@@ -114,6 +142,7 @@ class HookCalls:
                 vm_id=vm.vm_id if vm is not None else vm_id,
                 vm_props=vm.vm_props if vm is not None else None,
                 device_props=device_props,
+                extra_env=extra_env,
             )
         except OSError as e:
             log.error("%s: cannot run its hooks: %s", event, describe_os_error(e))
@@ -123,6 +152,55 @@ class HookCalls:
         if result.vetoed:
             raise VdsmError(Code.HOOK_ERROR, result.message())
         return result.data
+
+    def run_after(self, event: str, data: str, vm: Vm,
+                  device_props: Mapping[str, str] | None = None,
+                  extra_env: Mapping[str, str] | None = None) -> None:
+        """An after_ event: whatever happens in it, the operation stands."""
+        try:
+            self.run(event, data, vm, device_props, extra_env=extra_env)
+        except Exception:
+            log.exception("%s for VM %s failed", event, vm.vm_id)
+
+    def around(
+        self,
+        fam: Family,
+        data: str,
+        vm: Vm,
+        action: Callable[[str], T],
+        *,
+        device_props: Mapping[str, str] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        devices: DeviceHooks = (),
+        device_fam: Family | None = None,
+        after: Callable[[T], str] | None = None,
+    ) -> T:
+        """before_ (a veto raises hookError) -> action -> after_, or after_..._fail.
+
+        `data` is the before_ event's payload; `action` gets the chain's final
+        data (what a modifying event's hooks left, else `data`). `devices` run
+        `device_fam`'s events after the before_ event and before the after_
+        event (VDSM's order). `after(result)` is the after_ event's payload
+        (default: what the action got). The action signals failure with
+        VdsmError: the after_..._fail event (if the family has one) gets the
+        action's input, and the error goes on to the client.
+        """
+        final = self.run(fam.before, data, vm, device_props, extra_env=extra_env)
+        if device_fam is not None:
+            for xml, props in devices:
+                self.run(device_fam.before, xml, vm, props, extra_env=extra_env)
+        try:
+            result = action(final)
+        except VdsmError:
+            if fam.fail:
+                self.run_after(fam.after_fail, final, vm, device_props, extra_env)
+            raise
+        if device_fam is not None:
+            for xml, props in devices:
+                self.run_after(device_fam.after, xml, vm, props, extra_env)
+        payload = after(result) if after is not None else final
+        self.run_after(fam.after, payload, vm, device_props, extra_env)
+        return result
 
     def run_json(self, event: str, obj: Any, vm: Vm | None = None,
                  vm_id: str | None = None) -> Any:

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from hookvisor.agent.context import Context
-from hookvisor.agent.hookcalls import HookSetupError, describe_os_error
+from hookvisor.agent.hookcalls import HookSetupError, describe_os_error, family
 from hookvisor.agent.params import CreateRequest, parse_create
 from hookvisor.agent.policy import ClientPolicy
-from hookvisor.agent.vm import DOWN, PAUSED, UP, Vm
+from hookvisor.agent.vm import DESTROYING, DOWN, PAUSED, STARTING, UP, Vm
 from hookvisor.errors import Code, VdsmError
 from hookvisor.hooks import launchflags
 from hookvisor.props.errors import PropertyError
@@ -25,6 +25,13 @@ from hookvisor.virt import domain_xml as dx
 from hookvisor.virt.host import HostError
 
 log = logging.getLogger("hookvisor.agent")
+
+VM_START = family("vm_start")
+DEVICE_CREATE = family("device_create")
+VM_PAUSE = family("vm_pause")
+VM_CONT = family("vm_cont")
+VM_DESTROY = family("vm_destroy")
+DEVICE_DESTROY = family("device_destroy")
 
 
 def metadata_of(vm: Vm) -> dx.Metadata:
@@ -45,16 +52,13 @@ def custom_devices(vm: Vm, xml: str) -> list[tuple[dx.DeviceRef, dict[str, str]]
 def run_after(ctx: Context, event: str, xml: str, vm: Vm,
               device_props: dict[str, str] | None = None) -> None:
     """An after_ event: whatever happens in it, the operation stands."""
-    try:
-        ctx.hooks.run(event, xml, vm, device_props)
-    except Exception:
-        log.exception("%s for VM %s failed", event, vm.vm_id)
+    ctx.hooks.run_after(event, xml, vm, device_props)
 
 
 def after_destroy(ctx: Context, vm: Vm, xml: str) -> None:
     for ref, props in custom_devices(vm, xml):
-        run_after(ctx, "after_device_destroy", ref.xml, vm, props)
-    run_after(ctx, "after_vm_destroy", xml, vm)
+        run_after(ctx, DEVICE_DESTROY.after, ref.xml, vm, props)
+    run_after(ctx, VM_DESTROY.after, xml, vm)
 
 
 def _locked(ctx: Context, vm_id: object, body: Callable[[Vm], Any]) -> Any:
@@ -109,7 +113,7 @@ def _device_hooks(ctx: Context, vm: Vm, xml: str) -> tuple[str, bool]:
     """
     rekeyed = False
     for ref, props in custom_devices(vm, xml):
-        new = ctx.hooks.run("before_device_create", ref.xml, vm, props)
+        new = ctx.hooks.run(DEVICE_CREATE.before, ref.xml, vm, props)
         if new == ref.xml:
             continue
         try:
@@ -134,7 +138,7 @@ def _run_dir_error(ctx: Context, vm: Vm, e: OSError) -> VdsmError:
 
 def _vm_start_hooks(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, bool]:
     """before_vm_start, with the launch flags a hook may change (start paused)."""
-    if not ctx.hooks.wanted("before_vm_start"):
+    if not ctx.hooks.wanted(VM_START.before):
         return xml, paused  # no script to read or change the flags: no file to keep
     # No file means no flags: only a paused start needs one written (saves I/O per create).
     # An OSError here (a read-only or full run dir) is createErr: see create().
@@ -143,7 +147,7 @@ def _vm_start_hooks(ctx: Context, vm: Vm, xml: str, paused: bool) -> tuple[str, 
     else:
         launchflags.clear_flags(ctx.run_dir, vm.vm_id)  # one a killed agent left
     try:
-        xml = ctx.hooks.run("before_vm_start", xml, vm)
+        xml = ctx.hooks.run(VM_START.before, xml, vm)
         flags = launchflags.read_flags(ctx.run_dir, vm.vm_id)
     finally:
         try:
@@ -204,7 +208,7 @@ def create(ctx: Context, params: Any) -> dict[str, Any]:
             started_at=time.time())
     xml = _initial(ctx, req, vm)
     # Locked before it is listed: a destroy racing this create waits for it to finish.
-    with vm.lock:
+    with vm.lock, vm.doing(STARTING):
         ctx.registry.add(vm)
         try:
             live, paused = _start(ctx, vm, xml, req.launch_paused)
@@ -218,11 +222,11 @@ def create(ctx: Context, params: Any) -> dict[str, Any]:
             ctx.registry.remove(vm)
             raise
         vm.xml = live
-        vm.status = PAUSED if paused else UP
+        vm.set_status(PAUSED if paused else UP)
         log.info("VM %s (%s) started%s", vm.vm_id, vm.name, " paused" if paused else "")
-        run_after(ctx, "after_vm_start", live, vm)
+        run_after(ctx, VM_START.after, live, vm)
         for ref, props in custom_devices(vm, live):
-            run_after(ctx, "after_device_create", ref.xml, vm, props)
+            run_after(ctx, DEVICE_CREATE.after, ref.xml, vm, props)
         return vm.full()
 
 
@@ -240,56 +244,64 @@ def _live_xml(ctx: Context, vm: Vm) -> str:
 def destroy(ctx: Context, vm_id: object) -> dict[str, Any]:
     def body(vm: Vm) -> dict[str, Any]:
         if vm.status == DOWN:
-            # It died on its own; its after_ hooks ran then. Only the record is left.
+            # It died on its own (or was hibernated); its after_ hooks ran then.
             ctx.registry.remove(vm)
             ctx.host.forget(vm.vm_id)
             return {}
-        before = ctx.hooks.wanted("before_vm_destroy")
+        before = ctx.hooks.wanted(VM_DESTROY.before)
         # The live XML is only a payload: with no script to read it, spare libvirt the call.
-        if before or vm.device_props or ctx.hooks.wanted("after_vm_destroy"):
+        if before or vm.device_props or ctx.hooks.wanted(VM_DESTROY.after):
             xml = _live_xml(ctx, vm)
         else:
             xml = vm.xml
-        if before:  # its directory was just read: an empty one is not read twice
-            ctx.hooks.run("before_vm_destroy", xml, vm)
-        devices = custom_devices(vm, xml)
-        for ref, props in devices:
-            ctx.hooks.run("before_device_destroy", ref.xml, vm, props)
-        vm.stopping = True
-        try:
-            ctx.host.destroy(vm.vm_id)
-        except HostError as e:
-            if not e.no_domain:
-                vm.stopping = False
-                raise VdsmError(Code.DESTROY_ERR, f"libvirt could not destroy VM {vm.vm_id}: "
-                                f"{e}") from None
-        vm.status = DOWN
-        vm.exit_message = "destroyed by the agent"
-        log.info("VM %s (%s) destroyed", vm.vm_id, vm.name)
-        after_destroy(ctx, vm, xml)
+        devices = [(ref.xml, props) for ref, props in custom_devices(vm, xml)]
+
+        def act(_xml: str) -> None:
+            with vm.doing(DESTROYING):
+                try:
+                    ctx.host.destroy(vm.vm_id)
+                except HostError as e:
+                    if not e.no_domain:
+                        raise VdsmError(Code.DESTROY_ERR, f"libvirt could not destroy VM "
+                                        f"{vm.vm_id}: {e}") from None
+                vm.exit_message = "destroyed by the agent"
+                vm.set_status(DOWN)
+            log.info("VM %s (%s) destroyed", vm.vm_id, vm.name)
+
+        ctx.hooks.around(VM_DESTROY, xml, vm, act, devices=devices, device_fam=DEVICE_DESTROY)
         ctx.registry.remove(vm)
         return {}
 
-    result: dict[str, Any] = _locked(ctx, vm_id, body)
+    # A verb of this VM waiting on the guest (hot-unplug) gives up for a destroy.
+    target = ctx.registry.get(vm_id)
+    target.interrupt.set()
+    ctx.removals.wake(target.vm_id)
+    try:
+        result: dict[str, Any] = _locked(ctx, vm_id, body)
+    finally:
+        target.interrupt.clear()
     return result
 
 
 def _pause_or_cont(ctx: Context, vm_id: object, verb: str) -> dict[str, Any]:
+    fam = VM_PAUSE if verb == "pause" else VM_CONT
+
     def body(vm: Vm) -> dict[str, Any]:
         if vm.status == DOWN:
             raise VdsmError(Code.GENERAL, f"VM {vm.vm_id} is Down")
-        xml = _live_xml(ctx, vm)
-        ctx.hooks.run(f"before_vm_{verb}", xml, vm)
-        try:
-            if verb == "pause":
-                ctx.host.suspend(vm.vm_id)
-            else:
-                ctx.host.resume(vm.vm_id)
-        except HostError as e:
-            code = Code.NO_VM if e.no_domain else Code.GENERAL
-            raise VdsmError(code, f"libvirt could not {verb} VM {vm.vm_id}: {e}") from None
-        vm.status = PAUSED if verb == "pause" else UP
-        run_after(ctx, f"after_vm_{verb}", xml, vm)
+
+        def act(_xml: str) -> None:
+            try:
+                if verb == "pause":
+                    ctx.host.suspend(vm.vm_id)
+                else:
+                    ctx.host.resume(vm.vm_id)
+            except HostError as e:
+                code = Code.NO_VM if e.no_domain else Code.GENERAL
+                raise VdsmError(code, f"libvirt could not {verb} VM {vm.vm_id}: {e}") from None
+            vm.set_status(PAUSED if verb == "pause" else UP)
+
+        ctx.hooks.around(fam, _live_xml(ctx, vm), vm, act)
         return {}
 
     result: dict[str, Any] = _locked(ctx, vm_id, body)

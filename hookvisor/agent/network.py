@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from hookvisor.agent.context import PropertyChecker
-from hookvisor.agent.hookcalls import HookCalls
+from hookvisor.agent.hookcalls import HookCalls, family
 from hookvisor.errors import Code, VdsmError
 from hookvisor.net.apply import ApplyError, PlanError, Step, execute, plan, rollback
 from hookvisor.net.model import Config, Request, RequestError, parse_request
@@ -31,6 +31,8 @@ from hookvisor.net.netlink import Netlink, NetlinkFailure
 from hookvisor.net.persist import NetStore, StoreError, restore_request
 from hookvisor.net.report import capabilities
 from hookvisor.props.errors import PropertyError
+
+NETWORK_SETUP = family("network_setup", fail=True)
 
 log = logging.getLogger("hookvisor.net")
 
@@ -126,15 +128,15 @@ class NetworkService:
     def _setup(self, request: Request, networks: Any, bondings: Any, options: Any) -> None:
         payload = {"request": {"networks": networks or {}, "bondings": bondings or {},
                                "options": options or {}}}
-        final = self.hooks.run_json("before_network_setup", payload)
+        final = self.hooks.run_json(NETWORK_SETUP.before, payload)
         if final is not payload:
             request, payload = self._from_hook(final)
         try:
             self._apply(request)
         except VdsmError:
-            self.hooks.run_json("after_network_setup_fail", payload)
+            self.hooks.run_json(NETWORK_SETUP.after_fail, payload)
             raise
-        self.hooks.run_json("after_network_setup", payload)
+        self.hooks.run_json(NETWORK_SETUP.after, payload)
 
     def _from_hook(self, final: Any) -> tuple[Request, dict[str, Any]]:
         where = "setupNetworks (as before_network_setup left it)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from hookvisor.agent.vm import Vm
+from hookvisor.agent.vm import StatusListener, Vm
 from hookvisor.errors import Code, VdsmError
 
 
@@ -12,6 +12,12 @@ class VmRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._vms: dict[str, Vm] = {}
+        # Shared by every VM added: one subscription hears all status changes.
+        self._listeners: list[StatusListener] = []
+
+    def on_status(self, listener: StatusListener) -> None:
+        """Call `listener(vm, old, new)` on every status change of every VM (keep it short)."""
+        self._listeners.append(listener)
 
     def add(self, vm: Vm) -> None:
         """Claim `vm.vm_id`; `exist` if it is taken (a create in flight counts)."""
@@ -19,6 +25,7 @@ class VmRegistry:
             if vm.vm_id in self._vms:
                 raise VdsmError(Code.EXIST, f"VM {vm.vm_id} already exists")
             self._vms[vm.vm_id] = vm
+            vm.listeners = self._listeners
 
     def get(self, vm_id: object) -> Vm:
         with self._lock:

@@ -14,12 +14,17 @@ from typing import Any
 
 import hookvisor
 from hookvisor.agent.context import Context
-from hookvisor.agent.hookcalls import SUPPORTED_EVENTS
+from hookvisor.agent.hookcalls import family, supported_events
 from hookvisor.agent.vm import DOWN, PAUSED, Vm
 from hookvisor.errors import Code, VdsmError
+from hookvisor.virt import domain_xml as dx
 from hookvisor.virt.host import HostError
 
 log = logging.getLogger("hookvisor.agent")
+
+# Declared so that getVdsCapabilities lists them (see hookcalls.supported_events).
+_REPORTS = {name: family(name) for name in ("get_caps", "get_stats", "get_vm_stats",
+                                             "get_all_vm_stats")}
 
 
 def _pct(delta_ns: int, wall_ns: int, cpus: int) -> str:
@@ -93,14 +98,25 @@ def _replace(event: str, original: Any, replaced: Any) -> Any:
 
 
 def _report(ctx: Context, name: str, build: Any, vm: Vm | None = None) -> Any:
-    ctx.hooks.run_json(f"before_{name}", {}, vm=vm)
+    fam = _REPORTS[name]
+    ctx.hooks.run_json(fam.before, {}, vm=vm)
     try:
         result = build()
     except HostError as e:
         # The connection went between the gate and the call (or the verb has no gate).
         code = Code.UNAVAIL if e.disconnected else Code.GENERAL
         raise VdsmError(code, f"{name}: {e}") from None
-    return _replace(f"after_{name}", result, ctx.hooks.run_json(f"after_{name}", result, vm=vm))
+    return _replace(fam.after, result, ctx.hooks.run_json(fam.after, result, vm=vm))
+
+
+def _devices(vm: Vm) -> list[dict[str, Any]]:
+    if vm.xml:
+        try:
+            return dx.device_views(vm.xml, vm.device_props)
+        except dx.DomainXmlError:
+            pass
+    devices: list[dict[str, Any]] = vm.params.get("devices", [])
+    return devices
 
 
 def get_vm_stats(ctx: Context, vm_id: object) -> list[dict[str, Any]]:
@@ -108,7 +124,10 @@ def get_vm_stats(ctx: Context, vm_id: object) -> list[dict[str, Any]]:
 
     def build() -> list[dict[str, Any]]:
         raw = ctx.host.stats_for([vm.vm_id]) if vm.status != DOWN else {}
-        return [vm_stats(vm, raw.get(vm.vm_id))]
+        stats = vm_stats(vm, raw.get(vm.vm_id))
+        # One VM: its devices as libvirt last described them (aliases, MACs, properties).
+        stats["devices"] = _devices(vm)
+        return [stats]
 
     result: list[dict[str, Any]] = _report(ctx, "get_vm_stats", build, vm)
     return result
@@ -180,7 +199,7 @@ def get_vds_capabilities(ctx: Context, cluster_version: str,
             info.update(extra())
         info.update({
             "hooks": ctx.hooks.runner.installed(),
-            "supportedHookEvents": list(SUPPORTED_EVENTS),
+            "supportedHookEvents": supported_events(),
             "software_version": hookvisor.__version__,
             "version_name": "hookvisor",
             "clusterLevels": [cluster_version],

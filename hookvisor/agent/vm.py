@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +21,22 @@ RESTORING_STATE = "Restoring state"
 MIGRATION_SOURCE = "Migration Source"
 MIGRATION_DESTINATION = "Migration Destination"
 DOWN = "Down"
+
+log = logging.getLogger("hookvisor.agent")
+
+# What the agent is doing to a VM (Vm.operation); None: nothing.
+STARTING = "starting"
+HIBERNATING = "hibernating"
+RESTORING = "restoring"
+HOTPLUGGING = "hot-plugging"
+UPDATING = "updating-device"
+MIGRATING = "migrating"
+DESTROYING = "destroying"
+# Operations that stop the domain themselves: its STOPPED event is theirs, not a death.
+STOPS_DOMAIN = frozenset({HIBERNATING, MIGRATING, DESTROYING})
+
+# listener(vm, old status, new status); runs on the thread that changed it.
+StatusListener = Callable[["Vm", str, str], None]
 
 
 def status_from_libvirt(state: int, reason: int) -> str:
@@ -51,14 +70,42 @@ class Vm:
     started_at: float = field(default_factory=time.time)
     exit_code: int = 0
     exit_message: str = ""
-    # Set once the agent itself stops the domain: its STOPPED event is ours, not a death.
-    stopping: bool = False
+    # The one operation in progress (STARTING, HIBERNATING, ...), set under `lock`.
+    operation: str | None = None
+    # Set by destroy before it waits for `lock`: an operation waiting on the guest
+    # (a hot-unplug) gives up at once instead of holding destroy back.
+    interrupt: threading.Event = field(default_factory=threading.Event, repr=False)
+    # Told of every status change (the registry's listeners, shared).
+    listeners: list[StatusListener] = field(default_factory=list, repr=False)
     # Set once the record left the registry; a waiter on `lock` must not act on it.
     removed: bool = False
     # Previous CPU sample (wall ns, user ns, system ns) for cpuUser/cpuSys percentages.
     cpu_sample: tuple[int, int, int] | None = None
     # Serialises every operation on this VM.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def set_status(self, status: str) -> None:
+        """The one way a status changes: listeners hear of it (a listener's failure is logged)."""
+        old, self.status = self.status, status
+        if old == status:
+            return
+        for listener in list(self.listeners):
+            try:
+                listener(self, old, status)
+            except Exception:
+                log.exception("VM %s: status listener failed", self.vm_id)
+
+    @contextlib.contextmanager
+    def doing(self, operation: str) -> Iterator[None]:
+        """Mark `operation` in progress for the block (call with `lock` held)."""
+        if self.operation is not None:
+            # The lock serialises verbs: only a re-entry can find one in progress.
+            raise RuntimeError(f"VM {self.vm_id}: {operation} while {self.operation}")
+        self.operation = operation
+        try:
+            yield
+        finally:
+            self.operation = None
 
     def summary(self) -> dict[str, Any]:
         return {"vmId": self.vm_id, "status": self.status}

@@ -219,3 +219,8 @@ def register(sub: Any) -> None:
         p = verbs.add_parser(verb, help=help_text)
         p.add_argument("vm_id", metavar="VMID")
         p.set_defaults(func=_guard(_simple(rpc_verb)))
+
+    # hibernate, restore, nic-add, ...: their own module (imported here: it uses this one).
+    from hookvisor.cli import vm_live_cmd
+
+    vm_live_cmd.register(verbs)

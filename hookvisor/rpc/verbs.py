@@ -16,8 +16,7 @@ from hookvisor.agent.core import Agent
 
 # Verbs of SPEC §4 not built yet: `noimpl`, never a traceback.
 NOT_BUILT = frozenset({
-    "hibernate", "migrate", "migrationCreate", "migrateStatus", "hotplugNic",
-    "hotunplugNic", "hotplugDisk", "hotunplugDisk", "vmUpdateDevice",
+    "migrate", "migrationCreate", "migrateStatus",
 })
 
 
@@ -39,6 +38,13 @@ def verb_table(agent: Agent) -> dict[str, Verb]:
         Verb("destroy", agent.destroy, True, None, changes=True),
         Verb("pause", agent.pause, True, None, changes=True),
         Verb("cont", agent.cont, True, None, changes=True),
+        Verb("hibernate", agent.hibernate, True, None, changes=True),
+        # The live-device verbs answer with the VM's updated device list (VDSM's shape).
+        Verb("hotplugNic", agent.hotplug_nic, True, "vmList", changes=True),
+        Verb("hotunplugNic", agent.hotunplug_nic, True, "vmList", changes=True),
+        Verb("hotplugDisk", agent.hotplug_disk, True, "vmList", changes=True),
+        Verb("hotunplugDisk", agent.hotunplug_disk, True, "vmList", changes=True),
+        Verb("vmUpdateDevice", agent.vm_update_device, True, "vmList", changes=True),
         Verb("list", agent.list_vms, True, "vmList"),
         Verb("getVmStats", agent.get_vm_stats, True, "statsList"),
         Verb("getAllVmStats", agent.get_all_vm_stats, True, "statsList"),

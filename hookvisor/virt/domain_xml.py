@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -343,3 +344,128 @@ def get_metadata(text: str) -> Metadata | None:
         if isinstance(loaded, dict):
             params = loaded
     return Metadata(_read_props(vm), device_props, params)
+
+
+def metadata_element(meta: Metadata) -> str:
+    """The agent's <vm> metadata element without a namespace, for libvirt's setMetadata
+    (which puts the element and its children in NS itself)."""
+    root = ET.Element("vm")
+    for name, value in sorted(meta.vm_props.items()):
+        ET.SubElement(root, "custom", name=name).text = value
+    for key, props in sorted(meta.device_props.items()):
+        dev = ET.SubElement(root, "device", key=key)
+        for name, value in sorted(props.items()):
+            ET.SubElement(dev, "custom", name=name).text = value
+    ET.SubElement(root, "params").text = json.dumps(meta.params, sort_keys=True)
+    return to_string(root)
+
+
+# --- one device, for hot-plug -------------------------------------------------
+
+
+def nic_xml(nic: NicSpec) -> str:
+    out: list[str] = []
+    _emit(_nic(nic), 0, out)
+    return "\n".join(out)
+
+
+def disk_xml(disk: DiskSpec, target: str) -> str:
+    out: list[str] = []
+    _emit(_disk(disk, target), 0, out)
+    return "\n".join(out)
+
+
+def free_disk_target(text: str, iface: str) -> str:
+    """The first target dev name of bus `iface` the domain does not use (vda, vdb, ...)."""
+    prefix = _DISK_PREFIX[iface]
+    used = {t.get("dev") for t in parse_domain(text).iterfind("devices/disk/target")}
+    n = 0
+    while prefix + _letters(n) in used:
+        n += 1
+    return prefix + _letters(n)
+
+
+def device_alias(elem: ET.Element) -> str | None:
+    alias = elem.find("alias")
+    return alias.get("name") if alias is not None else None
+
+
+def device_elements(text: str) -> list[ET.Element]:
+    """The live domain's device elements (interfaces, disks, ...), in order."""
+    return _device_elems(parse_domain(text))
+
+
+def element_string(elem: ET.Element) -> str:
+    return _device_string(elem)
+
+
+_FORMAT_NAMES = {v: k for k, v in _DISK_FORMAT.items()}
+
+
+def _attr(elem: ET.Element, path: str, name: str) -> str | None:
+    child = elem.find(path)
+    return child.get(name) if child is not None else None
+
+
+def device_view(elem: ET.Element, custom: dict[str, str]) -> dict[str, Any] | None:
+    """A NIC or disk as VDSM's device dicts show it (plus its alias); None for others."""
+    out: dict[str, Any]
+    if elem.tag == "interface":
+        source = elem.find("source")
+        network = ""
+        if source is not None:
+            network = source.get("bridge") or source.get("network") or source.get("dev") or ""
+        out = {"type": "interface", "device": elem.get("type", ""),
+               "macAddr": (_attr(elem, "mac", "address") or "").lower(),
+               "network": network, "nicModel": _attr(elem, "model", "type") or "",
+               "linkActive": _attr(elem, "link", "state") != "down"}
+    elif elem.tag == "disk":
+        source = elem.find("source")
+        path = ""
+        if source is not None:
+            path = source.get("file") or source.get("dev") or source.get("name") or ""
+        fmt = _attr(elem, "driver", "type") or "raw"
+        out = {"type": "disk", "device": elem.get("device", "disk"), "path": path,
+               "format": _FORMAT_NAMES.get(fmt, fmt), "iface": _attr(elem, "target", "bus") or "",
+               "name": _attr(elem, "target", "dev") or "",
+               "readonly": elem.find("readonly") is not None}
+    else:
+        return None
+    alias = device_alias(elem)
+    if alias:
+        out["alias"] = alias
+    out["custom"] = dict(custom)
+    return out
+
+
+def device_views(text: str, device_props: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """The domain's NICs and disks as VDSM device dicts, with their custom properties."""
+    out = []
+    for elem in device_elements(text):
+        view = device_view(elem, device_props.get(device_key(elem) or "", {}))
+        if view is not None:
+            out.append(view)
+    return out
+
+
+def add_device(text: str, device_xml: str) -> str:
+    """`text` with `device_xml` appended to its <devices> (the agent's record of a
+    hot-plugged device, without the address libvirt gave it)."""
+    root = parse_domain(text)
+    parent = root.find("devices")
+    if parent is None:
+        parent = ET.SubElement(root, "devices")
+    parent.append(parse(device_xml, "device XML"))
+    return to_string(root)
+
+
+def remove_device(text: str, match: Callable[[ET.Element], bool]) -> str:
+    """`text` without its first device for which `match` is true."""
+    root = parse_domain(text)
+    parent = root.find("devices")
+    for elem in _device_elems(root):
+        if match(elem):
+            assert parent is not None
+            parent.remove(elem)
+            break
+    return to_string(root)

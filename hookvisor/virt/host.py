@@ -40,6 +40,11 @@ _STOP_DETAILS = {
 }
 
 
+# STOPPED details after which the guest lives on (in a save image, on another host).
+STOPPED_NOT_DEATH = frozenset({libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED,
+                               libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED})
+
+
 def stop_reason(event: int, detail: int) -> tuple[str, bool]:
     """(exit message, abnormal) for the lifecycle event that ended a domain."""
     if event != EVENT_STOPPED:
@@ -177,8 +182,8 @@ class Host:
         self._last_error = ""
         self._reconnects = 0
         self._reconnector: threading.Thread | None = None
-        # Lifecycle relays, registered again on every new connection.
-        self._relays: list[Callable[..., None]] = []
+        # (libvirt event id, relay): registered again on every new connection.
+        self._relays: list[tuple[int, Callable[..., None]]] = []
         self._event_ids: list[int] = []
         self._listeners: list[Callable[[bool], None]] = []
         self.driver = conn.getType()
@@ -283,8 +288,8 @@ class Host:
         self._watch_close(conn)
         with self._lock:
             relays = list(self._relays)
-        return [conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                            relay, None) for relay in relays]
+        return [conn.domainEventRegisterAny(None, event_id, relay, None)
+                for event_id, relay in relays]
 
     def _reconnect(self, dead: Any) -> None:
         """Until a new connection is up (or close()): open, with doubling backoff."""
@@ -347,15 +352,30 @@ class Host:
             except Exception:
                 log.exception("lifecycle event handler failed")
 
+        self._subscribe(libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, relay)
+
+    def on_device_removed(self, callback: Callable[[str, str], None]) -> None:
+        """Call `callback(uuid, alias)` when a guest released a device (DEVICE_REMOVED).
+
+        From the event thread; keep it short. Kept across reconnections.
+        """
+        def relay(_conn: Any, dom: Any, alias: str, _opaque: Any) -> None:
+            try:
+                callback(dom.UUIDString(), alias)
+            except Exception:
+                log.exception("device-removed event handler failed")
+
+        self._subscribe(libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, relay)
+
+    def _subscribe(self, event_id: int, relay: Callable[..., None]) -> None:
         with self._lock:
-            self._relays.append(relay)
+            self._relays.append((event_id, relay))
             if not self._connected:
                 return  # the reconnect registers it
             conn = self._conn
         # Not under the lock: a remote call, and the close callback may want the lock.
         try:
-            callback_id = conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, relay, None)
+            callback_id = conn.domainEventRegisterAny(None, event_id, relay, None)
         except libvirt.libvirtError as e:
             raise self._error(e, conn) from None
         with self._lock:
@@ -480,6 +500,59 @@ class Host:
                 self.forget(uuid)
             raise
         self.forget(uuid)
+
+    def _call(self, uuid: str, call: Callable[[Any], Any]) -> Any:
+        """`call(domain handle)`, its libvirt error as the one HostError."""
+        conn, dom = self._lookup(uuid)
+        try:
+            return call(dom)
+        except libvirt.libvirtError as e:
+            raise self._error(e, conn) from None
+
+    def save(self, uuid: str, path: str) -> None:
+        """Save the domain's memory to `path` and stop it (libvirt resumes it if it fails)."""
+        self._call(uuid, lambda dom: dom.save(path))
+        self.forget(uuid)
+
+    def saved_xml(self, path: str) -> str:
+        """The domain XML stored in a save image."""
+        conn = self._current()
+        try:
+            return str(conn.saveImageGetXMLDesc(path, 0))
+        except libvirt.libvirtError as e:
+            raise self._error(e, conn) from None
+
+    def restore(self, path: str, uuid: str) -> str:
+        """Start the domain saved in `path` (the image is left as it is); its live XML."""
+        conn = self._current()
+        try:
+            conn.restore(path)
+            dom = conn.lookupByUUIDString(uuid)
+            live = str(dom.XMLDesc(0))
+        except libvirt.libvirtError as e:
+            raise self._error(e, conn) from None
+        self._keep(conn, uuid, dom)
+        return live
+
+    def set_metadata(self, uuid: str, element: str, key: str, namespace: str) -> None:
+        """Replace the live domain's metadata element of `namespace` (no namespace
+        prefix in `element`: libvirt puts it and its children in `namespace`)."""
+        self._call(uuid, lambda dom: dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, element, key, namespace,
+            libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def attach(self, uuid: str, device_xml: str) -> None:
+        self._call(uuid, lambda dom: dom.attachDeviceFlags(
+            device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def detach(self, uuid: str, device_xml: str) -> None:
+        """Ask the guest to release the device; done only at its DEVICE_REMOVED event."""
+        self._call(uuid, lambda dom: dom.detachDeviceFlags(
+            device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def update_device(self, uuid: str, device_xml: str) -> None:
+        self._call(uuid, lambda dom: dom.updateDeviceFlags(
+            device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE))
 
     def active_domains(self) -> list[DomainInfo]:
         """Every running or paused domain, with its live XML (for recovery)."""
