@@ -83,6 +83,14 @@ class Settings:
     # A second setupNetworks waits this long for the first, then is refused.
     net_lock_wait: float = 30.0
 
+    # --- operator experience (issue 12) ---
+    # Where `hookvisor vm|net|hooks` find the agent: HOST:PORT (mutual TLS), or
+    # "" for the Unix socket (socket_path()). HOOKVISOR_AGENT or --agent.
+    agent: str = ""
+    # Bytes of a chain's input data kept with its records (for `hooks replay`);
+    # a bigger input is kept cut and marked, and cannot be replayed exactly.
+    hook_input_cap: int = 1024 * 1024
+
     def pki_paths(self) -> tuple[Path, Path, Path]:
         """(CA certificate, host certificate, host key), defaults under pki_dir."""
         return (self.ca_cert or self.pki_dir / "certs" / "cacert.pem",
@@ -102,6 +110,7 @@ _ENV = {
     "libvirt_uri": "HOOKVISOR_LIBVIRT_URI",
     "pki_dir": "HOOKVISOR_PKI_DIR",
     "unix_socket": "HOOKVISOR_SOCKET",
+    "agent": "HOOKVISOR_AGENT",
 }
 
 

@@ -207,6 +207,22 @@ class Agent:
         vms = [v for v in self.ctx.registry.all() if not wanted or v.vm_id in wanted]
         return [v.full() if full else v.summary() for v in vms]
 
+    def dumpxmls(self, vm_list: Any) -> dict[str, str]:
+        """VDSM's Host.dumpxmls: {vmId: the domain XML libvirt has now} (what the
+        hooks made of it, as the VM really got it)."""
+        if not isinstance(vm_list, list | tuple):
+            raise VdsmError(Code.GENERAL, f"vmList: expected a list of vmIds, got {show(vm_list)}")
+        ids = [vm_id_arg(v, f"vmList[{i}]") for i, v in enumerate(vm_list)]
+        out: dict[str, str] = {}
+        for vm_id in ids:
+            self.ctx.registry.get(vm_id)  # noVM for one this agent does not run
+            try:
+                out[vm_id] = self.ctx.host.xml(vm_id)
+            except HostError as e:
+                code = Code.NO_VM if e.no_domain else Code.GENERAL
+                raise VdsmError(code, f"{vm_id}: {e}") from None
+        return out
+
     def get_vm_stats(self, vm_id: Any) -> list[dict[str, Any]]:
         return reports.get_vm_stats(self.ctx, vm_id_arg(vm_id))
 

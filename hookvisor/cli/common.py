@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, NoReturn
 
 from hookvisor.config import Settings, load_settings
 
@@ -41,3 +41,34 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
                         help="TOML config file")
     parser.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
                         help="state dir (or HOOKVISOR_STATE_DIR)")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, [], argparse.SUPPRESS)
+                or action.option_strings == [] or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (`hookvisor X: message`) and exit 2, as every other error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        # Unknown arguments would otherwise travel up to the top-level parser
+        # and be reported with its multi-line usage.
+        namespace, extras = super().parse_known_args(*args, **kwargs)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras

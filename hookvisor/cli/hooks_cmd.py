@@ -23,11 +23,11 @@ import sqlite3
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from hookvisor.cli.common import (
     UsageError,
@@ -35,6 +35,7 @@ from hookvisor.cli.common import (
     parse_assignment,
     settings_from_args,
 )
+from hookvisor.cli.output import Out
 from hookvisor.config import Settings
 from hookvisor.hooks.catalogue import EVENTS, Event, Payload, get_event
 from hookvisor.hooks.discovery import ChecksumCache, Script, list_scripts
@@ -114,65 +115,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 # --- output helpers ----------------------------------------------------------
 
 
-class _Out:
-    """rich on a terminal, plain text otherwise (pipes, files, tests)."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-        self.rich = stream.isatty()
-        self.console: Any = None
-        if self.rich:
-            from rich.console import Console
-
-            self.console = Console(file=stream, highlight=False)
-
-    def line(self, text: str = "", style: str | None = None) -> None:
-        if self.rich:
-            from rich.text import Text
-
-            self.console.print(Text(text, style=style or ""))
-        else:
-            print(text, file=self.stream)
-
-    def table(self, title: str | None, columns: Sequence[str], rows: list[list[str]],
-              styles: list[str | None] | None = None) -> None:
-        if self.rich:
-            from rich.table import Table
-
-            table = Table(title=title, title_justify="left", show_lines=False)
-            for column in columns:
-                table.add_column(column, overflow="fold")
-            for i, row in enumerate(rows):
-                table.add_row(*row, style=(styles[i] if styles else None))
-            self.console.print(table)
-            return
-        if title:
-            print(title, file=self.stream)
-        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-        for row in [list(columns), *rows]:
-            cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
-            print("  ".join(cells).rstrip(), file=self.stream)
-
-    def block(self, label: str, text: str, diff: bool = False) -> None:
-        if not text:
-            return
-        if self.rich:
-            from rich.syntax import Syntax
-            from rich.text import Text
-
-            self.console.print(Text(f"  {label}:", style="bold"))
-            if diff:
-                self.console.print(Syntax(text.rstrip("\n"), "diff", theme="ansi_dark",
-                                          background_color="default"))
-            else:
-                self.console.print(Text(_indent(text)))
-            return
-        print(f"  {label}:", file=self.stream)
-        print(_indent(text), file=self.stream)
-
-
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.rstrip("\n").splitlines())
+_Out = Out
 
 
 def _event(name: str) -> Event:

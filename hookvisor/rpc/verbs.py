@@ -40,6 +40,7 @@ def verb_table(agent: Agent) -> dict[str, Verb]:
         Verb("pause", agent.pause, True, None, changes=True),
         Verb("cont", agent.cont, True, None, changes=True),
         Verb("list", agent.list_vms, True, "vmList"),
+        Verb("dumpxmls", agent.dumpxmls, True, "domxmls"),
         Verb("getVmStats", agent.get_vm_stats, True, "statsList"),
         Verb("getAllVmStats", agent.get_all_vm_stats, True, "statsList"),
         Verb("getVdsCapabilities", agent.get_vds_capabilities, False, "info"),
