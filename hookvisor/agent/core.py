@@ -46,7 +46,7 @@ _WATCHED = (EVENT_STOPPED, EVENT_SUSPENDED, EVENT_RESUMED)
 _HOOK_RUN_FILTERS = ("vmId", "event", "failed", "chainId", "limit", "before")
 _MAX_FILTER_TEXT = 128  # a vmId or chain id is a UUID; room to spare, no more
 _DEFAULT_PAGE = 100
-_TEXT_FIELDS = ("stdout", "stderr", "diff")
+_TEXT_FIELDS = ("stdout", "stderr", "diff", "raw_diff")
 # Characters a transport must escape, counted at their longest escaped form.
 _GROWS = re.compile(r"[&<>\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FIELD_COST = 64  # a struct member's markup (<member><name>..</name><value>..)
@@ -108,7 +108,7 @@ def _cut_to_fit(run: dict[str, Any], budget: int) -> dict[str, Any]:
         text = out.get(key)
         if isinstance(text, str) and len(text) > share:
             out[key] = text[:share]
-            if key == "diff":
+            if key in ("diff", "raw_diff"):
                 out[key] += "\n[cut to fit the reply]"
             else:
                 out[f"{key}_truncated"] = True
