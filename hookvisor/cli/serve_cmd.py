@@ -79,6 +79,9 @@ def _settings(args: argparse.Namespace) -> Settings:
                 timeouts[name] = float(value)
             except ValueError:
                 raise UsageError(f"--event-timeout {item!r}: expected EVENT=SECONDS") from None
+            if not timeouts[name] > 0:
+                raise UsageError(f"--event-timeout {item!r}: expected a positive number of "
+                                 "seconds")
     return settings_from_args(
         args,
         libvirt_uri=args.libvirt_uri,
@@ -98,8 +101,25 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def _check_timeouts(settings: Settings) -> None:
+    """An event_timeouts key must name an event (or event/script): a typo would
+    leave the intended event on the default timeout without a word."""
+    from hookvisor.hooks.catalogue import EVENTS
+
+    for key in settings.event_timeouts:
+        event = key.split("/", 1)[0]
+        if event not in EVENTS:
+            raise UsageError(f"event timeout {key!r}: {event!r} is not a hook event "
+                             "(see docs/hooks.md)")
+
+
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _check_timeouts(settings)
+    if args.hooks_dir is not None and not settings.hooks_dir.is_dir():
+        raise UsageError(f"--hooks-dir {settings.hooks_dir}: "
+                         + ("not a directory" if settings.hooks_dir.exists()
+                            else "does not exist"))
     logging.basicConfig(stream=sys.stderr, level=args.log_level, format=LOG_FORMAT)
     # LOG_FORMAT shows no source line, thread or process: gathering them for
     # every record is wasted (the logging HOWTO's "Optimization" switches).
@@ -169,6 +189,9 @@ def serve(settings: Settings, ready: threading.Event | None = None,
         hooks.run("after_vdsm_stop")
         return 1
     server.start()
+    if not settings.hooks_dir.is_dir():
+        log.warning("hooks dir %s does not exist: no hook will run until it does",
+                    settings.hooks_dir)
     log.info("listening on %s (libvirt %s, domain type %s, hooks %s)", server.describe(),
              settings.libvirt_uri, host.domain_type, settings.hooks_dir)
     adopted = agent.recover()
