@@ -13,7 +13,7 @@ bash scripts/setup.sh
 # `export HOOKVISOR_CONFIG=$PWD/var/hookvisor.toml`, so `hookvisor hooks list`,
 # `config -s` and `vm` read the same dirs this agent uses. Written afresh each
 # start (it is this script's, not the operator's); --listen in "$@" is honoured.
-LISTEN=127.0.0.1:54321
+LISTEN=${HOOKVISOR_DEMO_LISTEN:-127.0.0.1:54321}  # tests/test_readme.py picks a free port
 prev=""
 for arg in "$@"; do
     case "$prev" in --listen) LISTEN="$arg" ;; esac
