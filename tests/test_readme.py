@@ -38,7 +38,8 @@ EXPECT: dict[str, tuple[int, list[str], str | None]] = {
     "hookvisor vm list": (0, ["vmId", "demo", "numa=preferred:1-4,^3,6", "pincpu=0-1"], None),
     "hookvisor vm dumpxml demo":
         # libvirt writes the nodeset in its own form: what the VM really got.
-        (0, ["<name>demo</name>", "<numatune>", "mode='preferred' nodeset='1-2,4,6'", "cpuset='0-1'"], None),
+        (0, ["<name>demo</name>", "<numatune>", "mode='preferred' nodeset='1-2,4,6'",
+             "cpuset='0-1'"], None),
     "hookvisor hooks list": (0, ["before_vm_start", "50_numa", "50_pincpu", "ok"], None),
     "hookvisor hooks history": (0, ["50_numa", "50_pincpu", "agent", "ok"], None),
     "hookvisor config --add 'UserDefinedVMProperties=hugepages=^(true|false)$' --cver=4.8":
