@@ -229,7 +229,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                    "unknown_event_dirs": unknown}, sys.stdout, indent=2)
         print()
         return 0
-    print(f"hookvisor: hooks as reported by {source}", file=sys.stderr)
+    _Out(sys.stderr).line(f"hookvisor: hooks as reported by {source}")
     out = _Out(sys.stdout)
     if not listing:
         out.line(f"no hooks installed in {hooks_dir}")

@@ -239,6 +239,13 @@ def _when(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
 
 
+def _short_when(ts: float) -> str:
+    moment = datetime.datetime.fromtimestamp(ts)
+    if moment.date() == datetime.date.today():
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%m-%d %H:%M")
+
+
 def _summary(record: RunRecord, whole: bool) -> str:
     text = record.message or record.stderr.strip()
     first = text.splitlines()[0] if text else ""
@@ -258,20 +265,29 @@ def cmd_history(args: argparse.Namespace) -> int:
         json.dump([r.to_dict() for r in runs], sys.stdout, indent=2)
         print()
         return 0
-    print(f"hookvisor: hook runs from {source}", file=sys.stderr)
+    Out(sys.stderr).line(f"hookvisor: hook runs from {source}")
     out = Out(sys.stdout)
     if not runs:
         out.line("no matching hook runs")
         return 0
+    # A terminal gets short times and vmIds (as the chain's) and no duration, so
+    # that a row fits 80 columns; a pipe gets every value whole.
+    tty = out.rich
     rows = [
-        [_when(r.time), r.origin, r.event, r.vm_id or "-", r.script, r.outcome,
+        [(_short_when if tty else _when)(r.time), r.origin, r.event,
+         (r.vm_id or "-")[:8] if tty else r.vm_id or "-", r.script, r.outcome,
          "-" if r.rc is None else str(r.rc), f"{r.duration * 1000:.1f}", r.chain_id[:8],
-         _summary(r, not out.rich)]
+         _summary(r, not tty)]
         for r in runs
     ]
+    columns = ["time", "origin", "event", "vm", "script", "outcome", "rc", "ms", "chain",
+               "detail"]
+    if tty:
+        rows = [row[:7] + row[8:] for row in rows]
+        columns.remove("ms")
     styles: list[str | None] = [_OUTCOME_STYLE.get(r.outcome) for r in runs]
-    out.table(None, ["time", "origin", "event", "vm", "script", "outcome", "rc", "ms",
-                     "chain", "detail"], rows, styles, keep=("time", "chain", "outcome"))
+    out.table(None, columns, rows, styles,
+              keep=("time", "origin", "vm", "outcome", "rc", "chain"))
     if args.verbose:
         for r in runs:
             out.line()

@@ -45,18 +45,7 @@ class Out:
     def table(self, title: str | None, columns: Sequence[str], rows: list[list[str]],
               styles: list[str | None] | None = None, keep: Sequence[str] = ()) -> None:
         if self.rich:
-            from rich.table import Table
-
-            table = Table(title=title, title_justify="left", show_lines=False,
-                          box=None, pad_edge=False, header_style="bold")
-            for column in columns:
-                if column in keep:
-                    table.add_column(column, no_wrap=True, overflow="ignore")
-                else:
-                    table.add_column(column, no_wrap=True, overflow="ellipsis")
-            for i, row in enumerate(rows):
-                table.add_row(*row, style=(styles[i] if styles else None))
-            self.console.print(table)
+            self._fitted(title, columns, rows, styles, keep)
             return
         if title:
             print(title, file=self.stream)
@@ -66,6 +55,42 @@ class Out:
         for row in [list(columns), *rows]:
             cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
             print("  ".join(cells).rstrip(), file=self.stream)
+
+    def _fitted(self, title: str | None, columns: Sequence[str], rows: list[list[str]],
+                styles: list[str | None] | None, keep: Sequence[str]) -> None:
+        """Aligned columns fitted to the terminal, one line per row: the `keep`
+        columns whole, the others share what is left, cut with an ellipsis.
+
+        (rich's Table squeezes no_wrap columns to nothing when a long cell
+        wants the width; this never drops a column.)
+        """
+        from rich.text import Text
+
+        rows = [[cell.replace("\n", " ") for cell in row] for row in rows]
+        natural = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+        width = self.console.width
+        gap = 2 if sum(natural) + 2 * (len(columns) - 1) <= width else 1
+        fixed = sum(natural[i] for i, c in enumerate(columns) if c in keep)
+        flex = [i for i, c in enumerate(columns) if c not in keep]
+        room = width - fixed - gap * (len(columns) - 1)
+        widths = list(natural)
+        # Flexible columns in their order, each leaving 3 for every one after it.
+        for n, i in enumerate(flex):
+            later = len(flex) - n - 1
+            widths[i] = max(3, min(natural[i], room - 3 * later))
+            room -= widths[i]
+
+        def fit(text: str, w: int) -> str:
+            return text if len(text) <= w else text[:max(0, w - 1)] + "…"
+
+        if title:
+            self.console.print(Text(title, style="bold"), soft_wrap=True)
+        lines = [list(columns), *rows]
+        for n, row in enumerate(lines):
+            cells = [fit(cell, widths[i]).ljust(widths[i]) for i, cell in enumerate(row)]
+            style = "bold" if n == 0 else (styles[n - 1] if styles else None) or ""
+            self.console.print(Text((" " * gap).join(cells).rstrip(), style=style),
+                               soft_wrap=True)
 
     def block(self, label: str, text: str, diff: bool = False) -> None:
         if not text:

@@ -50,10 +50,10 @@ def call(args: argparse.Namespace, verb: str, *params: Any) -> dict[str, Any]:
     agent's hooks, which may take their whole timeout.
     """
     client = _client(args)
-    what = f"{verb}: waiting for the agent at {client.address}"
-    if verb in _RUNS_HOOKS:
-        what += f" (it runs the {_RUNS_HOOKS[verb]} hooks)"
-    with spinner(what):
+    if verb not in _RUNS_HOOKS:
+        return client.call(verb, *params)
+    with spinner(f"{verb}: waiting for the agent at {client.address} (it runs the "
+                 f"{_RUNS_HOOKS[verb]} hooks)"):
         return client.call(verb, *params)
 
 

@@ -32,6 +32,7 @@ DEFAULT_INPUTS_KEPT = 200
 REDACTED = "(redacted)"
 # Property names that say they carry a secret: their values are not kept.
 _SECRET_NAME = re.compile(r"pass|secret|token|key|cred|auth", re.IGNORECASE)
+_MIN_SECRET = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -73,6 +74,7 @@ _COLUMNS = (
 )
 
 
+_TEXTS = frozenset({"stdout", "stderr", "diff", "raw_diff", "message"})
 # A chain id given in full, or its first characters (as the history table shows).
 _CHAIN_MATCH = "substr(chain_id, 1, ?) = ?"
 
@@ -117,11 +119,27 @@ class ChainInput:
     vm_props: dict[str, str] = field(default_factory=dict)
     device_props: dict[str, str] = field(default_factory=dict)
     extras: dict[str, str] = field(default_factory=dict)
+    # Values of secret-named properties: blanked in every text recorded with the
+    # chain (data, diffs, outputs); never stored themselves.
+    secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    def blank(self, text: str) -> str:
+        for value in self.secrets:
+            text = text.replace(value, REDACTED)
+        return text
 
     @classmethod
     def of(cls, data: str, cap: int, vm_props: Mapping[str, object] | None = None,
            device_props: Mapping[str, object] | None = None,
            extras: Mapping[str, str] | None = None) -> ChainInput:
+        # The data carries the properties too (the domain's metadata): a secret's
+        # value is blanked there as well. Short values would blank unrelated text.
+        secrets = tuple(sorted({str(v) for props in (vm_props, device_props)
+                                for k, v in (props or {}).items()
+                                if _SECRET_NAME.search(str(k)) and len(str(v)) >= _MIN_SECRET},
+                               key=len, reverse=True))
+        for value in secrets:
+            data = data.replace(value, REDACTED)
         raw = data.encode("utf-8")
         cut = len(raw) > cap
         if cut:
@@ -131,7 +149,7 @@ class ChainInput:
             return {str(k): (REDACTED if _SECRET_NAME.search(str(k)) else str(v))
                     for k, v in (props or {}).items()}
 
-        return cls(data, cut, kept(vm_props), kept(device_props), dict(extras or {}))
+        return cls(data, cut, kept(vm_props), kept(device_props), dict(extras or {}), secrets)
 
     def redacted(self) -> list[str]:
         return sorted(k for props in (self.vm_props, self.device_props)
@@ -172,6 +190,9 @@ class RunRecords:
 
     def add(self, runs: Iterable[RunRecord], chain: ChainInput | None = None) -> None:
         rows = [tuple(getattr(r, c) for c in _COLUMNS) for r in runs]
+        if chain is not None and chain.secrets:
+            rows = [tuple(chain.blank(v) if isinstance(v, str) and c in _TEXTS else v
+                          for c, v in zip(_COLUMNS, row, strict=True)) for row in rows]
         if not rows:
             return
         placeholders = ", ".join("?" for _ in _COLUMNS)
