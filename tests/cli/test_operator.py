@@ -179,7 +179,7 @@ def test_terminal_of_80_columns(op: Env) -> None:
     rows = [line for line in shown.splitlines() if line.strip()]
     assert [line for line in rows if len(line) > 80] == []
     # A header and one row: no cell wrapped onto more lines.
-    table = rows[[n for n, r in enumerate(rows) if r.startswith("time ")][0]:]
+    table = rows[next(n for n, r in enumerate(rows) if r.startswith("time ")):]
     assert len(table) == 2 and "10_mark" in table[1] and "agent" in table[1], table
 
 
