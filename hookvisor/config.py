@@ -90,6 +90,8 @@ class Settings:
     # Bytes of a chain's input data kept with its records (for `hooks replay`);
     # a bigger input is kept cut and marked, and cannot be replayed exactly.
     hook_input_cap: int = 1024 * 1024
+    # How many of the newest chains keep their input (the rest keep their runs only).
+    hook_inputs_kept: int = 200
 
     def pki_paths(self) -> tuple[Path, Path, Path]:
         """(CA certificate, host certificate, host key), defaults under pki_dir."""

@@ -19,12 +19,17 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, wait_ready
+from labpki import proxy
+
+REPO = Path(__file__).resolve().parent.parent
 
 README = REPO / "README.md"
 SECTION = "## Quick start"
@@ -57,6 +62,25 @@ STDERR: dict[str, list[str]] = {
     "--output -": ["custom properties checked against", "chain passed",
                    "recorded as offline runs"],
 }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float, alive: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert alive(), "the agent exited before it was ready"
+        try:
+            if proxy(url, 10).list()["status"]["code"] == 0:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"agent at {url} not ready after {timeout}s")
 
 
 def quick_start_commands(text: str) -> list[str]:

@@ -7,6 +7,11 @@ from typing import Any, NoReturn
 
 from hookvisor.config import Settings, load_settings
 
+CONFIG_HELP = ("TOML config file (default: $HOOKVISOR_CONFIG, else "
+               "/etc/hookvisor/hookvisor.toml if present)")
+STATE_DIR_HELP = ("state dir: records, property definitions (default: $HOOKVISOR_STATE_DIR, "
+                  "else the config file's state_dir, else /var/lib/hookvisor)")
+
 
 class UsageError(Exception):
     """Bad arguments found after parsing; exits 2 with the message.
@@ -37,10 +42,9 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     """
     from pathlib import Path
 
-    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS,
-                        help="TOML config file")
+    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
     parser.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
-                        help="state dir (or HOOKVISOR_STATE_DIR)")
+                        help=STATE_DIR_HELP)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -49,9 +53,12 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
-        if ("default" in text or default in (None, False, [], argparse.SUPPRESS)
-                or action.option_strings == [] or isinstance(action, argparse._HelpAction)):
+        if ("default" in text or default is False or default is argparse.SUPPRESS
+                or action.option_strings == [] or action.nargs == 0):
             return text
+        if default is None or default == []:
+            # Not set: no filter, no value, nothing written; said so all the same.
+            return f"{text} (default: none)"
         return f"{text} (default: %(default)s)"
 
 

@@ -71,7 +71,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions.add_argument("-l", "--list", action="store_true", help="list the keys")
     actions.add_argument("-a", "--all", action="store_true",
                          help="print every key's value for every version")
-    parser.add_argument("--cver", metavar="VERSION", help="cluster version, e.g. 4.8")
+    parser.add_argument("--cver", metavar="VERSION", help="cluster version, e.g. 4.8 "
+                        "(default: none; -s, --add and --remove need it, -g shows every "
+                        "version)")
     parser.add_argument("--if-missing", action="store_true",
                         help="with --add: leave a property already defined as it is")
     add_global_options(parser)

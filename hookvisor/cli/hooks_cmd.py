@@ -341,7 +341,8 @@ def _assignments(values: list[str], option: str) -> dict[str, str]:
 def _open_records(settings: Settings, err: _Out) -> RunRecords | None:
     """The offline store: apart from the agent's runs, so history tells them apart."""
     path = settings.state_dir / OFFLINE_RECORDS_FILE
-    records = RunRecords(path, limit=settings.hook_history_limit, origin="offline")
+    records = RunRecords(path, limit=settings.hook_history_limit, origin="offline",
+                         inputs_kept=settings.hook_inputs_kept)
     try:
         records.count()  # opens (and creates) it now, so a read-only state dir shows here
     except (sqlite3.Error, OSError) as e:

@@ -25,7 +25,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from hookvisor.cli.common import UsageError, settings_from_args
+from hookvisor.cli.common import UsageError, add_global_options, settings_from_args
 from hookvisor.cli.output import Out
 from hookvisor.config import Settings
 from hookvisor.hooks.catalogue import get_event
@@ -90,9 +90,7 @@ def register(sub: Any, add_client_options: Callable[[argparse.ArgumentParser], N
                      help="timeout per script, seconds (default: the settings')")
     rep.add_argument("--output", metavar="FILE", help="write the final data to FILE ('-': "
                      "stdout; the report then goes to stderr)")
-    rep.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML config file")
-    rep.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
-                     help="state dir (or HOOKVISOR_STATE_DIR)")
+    add_global_options(rep)
     rep.set_defaults(func=cmd_replay)
 
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hookvisor.cli.common import OneLineParser, UsageError
+from hookvisor.cli.common import CONFIG_HELP, STATE_DIR_HELP, OneLineParser, UsageError
 from hookvisor.config import ConfigError
 
 # Command groups, each in hookvisor/cli/<module>.py.
@@ -29,10 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hookvisor", description="Per-host VM agent with a VDSM-compatible hook engine."
     )
     parser.add_argument("--version", action="version", version=f"hookvisor {_version()}")
-    parser.add_argument("--config", type=Path, help="TOML config file (default "
-                        "$HOOKVISOR_CONFIG, else /etc/hookvisor/hookvisor.toml if present)")
-    parser.add_argument("--state-dir", type=Path, help="state dir (records, properties); "
-                        "or HOOKVISOR_STATE_DIR")
+    parser.add_argument("--config", type=Path, help=CONFIG_HELP)
+    parser.add_argument("--state-dir", type=Path, help=STATE_DIR_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:

@@ -52,16 +52,20 @@ def register(sub: Any) -> None:
                    "(default 16)")
     p.add_argument("--hooks-dir", type=Path, help="hooks dir (default "
                    "/usr/libexec/hookvisor/hooks)")
-    p.add_argument("--run-dir", type=Path, help="run dir for hook temp files and launch flags")
-    p.add_argument("--cluster-version", help="custom property definitions to check against")
+    p.add_argument("--run-dir", type=Path, help="run dir for hook temp files and launch flags "
+                   "(default /run/hookvisor)")
+    p.add_argument("--cluster-version", help="custom property definitions to check against "
+                   "(default 4.8)")
     p.add_argument("--domain-type", choices=("auto", "kvm", "qemu"),
                    help="domain type for params-built VMs (default auto)")
     p.add_argument("--hook-timeout", type=float, metavar="SECONDS",
-                   help="default timeout of one hook script")
+                   help="timeout of one hook script (default 60)")
     p.add_argument("--hook-grace", type=float, metavar="SECONDS",
-                   help="between SIGTERM and SIGKILL for a hook past its timeout")
+                   help="between SIGTERM and SIGKILL for a hook past its timeout "
+                   "(default 2)")
     p.add_argument("--event-timeout", action="append", default=[], metavar="EVENT=SECONDS",
-                   help="timeout for one event's scripts (repeatable)")
+                   help="timeout for one event's scripts (repeatable; default: "
+                   "--hook-timeout)")
     p.add_argument("--hook-history-limit", type=int, metavar="N",
                    help="keep the newest N hook run records (default 10000)")
     p.add_argument("--log-level", default="INFO",
@@ -154,7 +158,8 @@ def serve(settings: Settings, ready: threading.Event | None = None,
         return 1
     try:
         records = RunRecords(settings.state_dir / "hookruns.sqlite",
-                             limit=settings.hook_history_limit)
+                             limit=settings.hook_history_limit,
+                             inputs_kept=settings.hook_inputs_kept)
         props = PropertyRegistry(settings.state_dir / "properties.sqlite",
                                  settings.cluster_version)
     except (OSError, ValueError) as e:

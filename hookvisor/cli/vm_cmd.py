@@ -223,8 +223,9 @@ def add_client_options(parser: argparse.ArgumentParser, after: bool = False) -> 
     parser.add_argument("--pki-dir", type=Path, **kw, help="CA, certificate and key for "
                         "--agent (default /etc/pki/hookvisor; or HOOKVISOR_PKI_DIR)")
     parser.add_argument("--cert", type=Path, **kw, help="with --agent: a client certificate "
-                        "(`hookvisor pki issue`) instead of the host's")
-    parser.add_argument("--key", type=Path, **kw, help="with --agent: the key of --cert")
+                        "(`hookvisor pki issue`) (default: the host's, in --pki-dir)")
+    parser.add_argument("--key", type=Path, **kw,
+                        help="with --agent: the key of --cert (default: the host's, in --pki-dir)")
 
 
 def register(sub: Any) -> None:

@@ -19,10 +19,12 @@ import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import REPO, TEST_URI, AgentDirs, AgentProcess
 from labpki import lab_pki
+
+REPO = Path(__file__).resolve().parent.parent.parent
 
 EV = "before_vm_start"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
@@ -39,8 +41,8 @@ LONG = "this-detail-is-long " * 8  # 160 characters: a terminal cuts it, a pipe 
 
 @dataclass
 class Env:
-    agent: AgentProcess
-    dirs: AgentDirs
+    agent: Any  # conftest's AgentProcess (module_agent)
+    dirs: Any  # its AgentDirs
     config: Path
     env: dict[str, str]
     domain: Path
@@ -88,9 +90,11 @@ def _reachable(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def op(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def op(module_agent: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("operator")
-    dirs = AgentDirs(root / "agent")
+    if os.geteuid() == 0:
+        root.chmod(0o755)
+    dirs = module_agent.dirs
     _reachable(dirs.hooks)
     config = root / "hookvisor.toml"
     config.write_text(textwrap.dedent(f"""\
@@ -102,11 +106,9 @@ def op(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOOKVISOR_")}
     env.update(HOOKVISOR_CONFIG=str(config), PYTHONPATH=str(REPO))
-    agent = AgentProcess(dirs, TEST_URI)
     domain = root / "domain.xml"
     domain.write_text(DOMAIN)
-    yield Env(agent, dirs, config, env, domain)
-    agent.stop()
+    yield Env(module_agent, dirs, config, env, domain)
 
 
 def _ok(done: subprocess.CompletedProcess[str]) -> str:
