@@ -513,15 +513,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                      "(define them: hookvisor config --add; or --no-prop-check)",
                      style="bold red")
             return 1
-    return run_chain(args, settings, ev, data, vm_id, vm_props, device_props, extras, out, err,
-                     records=None if args.no_record else _open_records(settings, err))
+    status, _ = run_chain(args, settings, ev, data, vm_id, vm_props, device_props, extras,
+                          out, err,
+                          records=None if args.no_record else _open_records(settings, err))
+    return status
 
 
 def run_chain(args: argparse.Namespace, settings: Settings, ev: Event, data: str,
               vm_id: str | None, vm_props: dict[str, str], device_props: dict[str, str],
               extras: dict[str, str], out: Out, err: Out,
-              records: RunRecords | None) -> int:
-    """Run the chain offline and report it; `hooks run` and `hooks replay` share it."""
+              records: RunRecords | None) -> tuple[int, ChainResult]:
+    """Run the chain offline and report it; `hooks run` and `hooks replay` share it.
+
+    The exit status (0 passed, 1 vetoed or failed) and the chain's result.
+    """
     for name in not_executable(settings.hooks_dir, ev.name):
         out.line(f"warning: {name}: {NOT_EXECUTABLE}", style="yellow")
     try:
@@ -544,7 +549,6 @@ def run_chain(args: argparse.Namespace, settings: Settings, ev: Event, data: str
     if records is not None and result.runs:
         out.line(f"recorded as offline runs in {records.path} (chain {result.chain_id[:8]})",
                  style="dim")
-    args.result = result
     if args.output:
         final = result.data
         if args.output == "-":
@@ -555,9 +559,9 @@ def run_chain(args: argparse.Namespace, settings: Settings, ev: Event, data: str
                 Path(args.output).write_text(final, encoding="utf-8")
             except OSError as e:
                 err.line(f"hookvisor: cannot write {args.output}: {e.strerror}")
-                return 1
+                return 1, result
     if result.vetoed:
-        return 1
-    return 1 if any(not r.ignored for r in result.failures) else 0
+        return 1, result
+    return (1 if any(not r.ignored for r in result.failures) else 0), result
 
 

@@ -37,6 +37,7 @@ from hookvisor.hooks.records import (
     RunRecord,
     RunRecords,
 )
+from hookvisor.hooks.runner import ChainResult
 from hookvisor.rpc.client import AgentClient, AgentError, address_for
 
 _OUTCOME_STYLE = {"ok": "green", "skipped": "dim", "failed": "bold red",
@@ -373,13 +374,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     out.line(f"replaying chain {first.chain_id} ({ev.name}, vm {first.vm_id or '-'}, "
              f"{first.origin} run of {_when(first.time)}, from {path}) against "
              f"{settings.hooks_dir}")
-    status = hooks_cmd.run_chain(args, settings, ev, given.data, first.vm_id, vm_props,
-                                 device_props, dict(given.extras), out, err, records=None)
-    _compare(out, then, args.result)
+    status, result = hooks_cmd.run_chain(args, settings, ev, given.data, first.vm_id,
+                                         vm_props, device_props, dict(given.extras), out, err,
+                                         records=None)
+    _compare(out, then, result)
     return status
 
 
-def _compare(out: Out, then: list[RunRecord], result: Any) -> None:
+def _compare(out: Out, then: list[RunRecord], result: ChainResult) -> None:
     now = {r.script: r for r in result.runs}
     recorded = {r.script: r for r in then}
     rows: list[list[str]] = []
