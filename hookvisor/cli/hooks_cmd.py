@@ -364,14 +364,13 @@ def check_props(settings: Settings, ev: Event, data: str, vm_props: dict[str, st
     if not vm_props and not device_props:
         return [], where
     devices: list[tuple[str, dict[str, str]]] = []
-    if device_props:
+    if device_props and ev.payload is Payload.DEVICE:
         # A device event's data is the device: its element names the type
-        # (interface, disk...), as the agent's device check has it.
-        dev_type = "interface"
-        if ev.payload is Payload.DEVICE:
-            with suppress(ET.ParseError):
-                dev_type = ET.fromstring(data).tag
-        devices.append((dev_type, device_props))
+        # (interface, disk...) the definitions are per.
+        with suppress(ET.ParseError):
+            devices.append((ET.fromstring(data).tag, device_props))
+    elif device_props:
+        where += "; --device-prop not checked: a domain event names no device type"
     try:
         reg = PropertyRegistry(path, version)
     except PropertyError as e:

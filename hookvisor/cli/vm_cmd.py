@@ -143,7 +143,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    reply = call(args, "list", True, list(args.vm_ids))
+    reply = call(args, "list", True, [resolve_vm(args, v) for v in args.vm_ids])
     vms: list[dict[str, Any]] = reply.get("vmList", [])
     if args.json:
         _print_json(vms)
@@ -252,7 +252,7 @@ def register(sub: Any) -> None:
     create.set_defaults(func=_guard(cmd_create))
 
     lst = verbs.add_parser("list", help="list VMs with status and custom properties")
-    lst.add_argument("vm_ids", nargs="*", metavar="VMID", help="only these VMs")
+    lst.add_argument("vm_ids", nargs="*", metavar="VM", help="only these VMs, by vmId or name")
     lst.add_argument("--json", action="store_true", help="the reply as JSON")
     lst.set_defaults(func=_guard(cmd_list))
 

@@ -254,8 +254,16 @@ def test_hooks_run_checks_properties_and_names_the_store(op: Env) -> None:
     other = op.hv("hooks", "run", EV, "--xml", str(op.domain), "--prop", "mark=ok",
                   "--cver", "4.2")
     assert other.returncode == 1 and "cluster version 4.2" in other.stdout
-    passed = op.hv("hooks", "run", EV, "--xml", str(op.domain), "--prop", "mark=ok")
+    passed = op.hv("hooks", "run", EV, "--xml", str(op.domain), "--prop", "mark=ok",
+                   "--device-prop", "speed=1")
     assert passed.returncode == 0 and "mark is ok" in passed.stdout
+    assert "--device-prop not checked: a domain event names no device type" in passed.stdout
+    nic = op.domain.with_name("nic.xml")
+    nic.write_text("<interface type='bridge'><source bridge='br0'/></interface>\n")
+    device = op.hv("hooks", "run", "before_nic_hotplug", "--xml", str(nic),
+                   "--device-prop", "speed=1")
+    assert device.returncode == 1 and "REFUSED" in device.stdout
+    assert "interface" in device.stdout and "speed" in device.stdout
 
 
 # --- 7 --------------------------------------------------------------------------
@@ -268,6 +276,7 @@ def test_agent_from_env_and_after_the_verb_vms_by_name_dumpxml(op: Env) -> None:
     wrong = op.hv("vm", "list", extra={"HOOKVISOR_AGENT": "127.0.0.1:1"})
     assert wrong.returncode == 1 and "127.0.0.1:1" in wrong.stderr
     assert "hvtest-op1" in _ok(op.hv("vm", "list", "--agent", f"127.0.0.1:{op.agent.port}"))
+    assert "hvtest-op1" in _ok(op.hv("vm", "list", "hvtest-op1"))
     xml = _ok(op.hv("vm", "dumpxml", "hvtest-op1"))
     assert "<description>first</description>" in xml and xml.endswith("</domain>\n")
     assert _ok(op.hv("vm", "pause", "hvtest-op1")).endswith(": Done\n")
