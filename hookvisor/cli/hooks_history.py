@@ -259,6 +259,8 @@ def cmd_history(args: argparse.Namespace) -> int:
             get_event(args.event)
         except ValueError as e:
             raise UsageError(str(e)) from None
+    if args.chain:
+        args.chain = args.chain.lower()  # chain ids are lower-case hex
     runs, source = collect(args)
     if args.json:
         json.dump([r.to_dict() for r in runs], sys.stdout, indent=2)

@@ -75,8 +75,13 @@ _COLUMNS = (
 
 
 _TEXTS = frozenset({"stdout", "stderr", "diff", "raw_diff", "message"})
-# A chain id given in full, or its first characters (as the history table shows).
-_CHAIN_MATCH = "substr(chain_id, 1, ?) = ?"
+# A chain id given in full, or its first characters (as the history table shows):
+# a range on the index, [prefix, prefix + the highest code point).
+_CHAIN_MATCH = "chain_id >= ? AND chain_id < ?"
+
+
+def _chain_range(prefix: str) -> tuple[str, str]:
+    return prefix, prefix + "\U0010ffff"
 
 
 @dataclass(frozen=True)
@@ -241,7 +246,7 @@ class RunRecords:
             args.append(event)
         if chain_id is not None:
             where.append(_CHAIN_MATCH)
-            args.extend((len(chain_id), chain_id))
+            args.extend(_chain_range(chain_id))
         if failed:
             where.append(f"outcome IN ({', '.join('?' for _ in FAILED_OUTCOMES)})")
             args.extend(FAILED_OUTCOMES)
@@ -285,7 +290,7 @@ class RunRecords:
                 args.append(value)
         if chain_id is not None:
             where.append(_CHAIN_MATCH)
-            args.extend((len(chain_id), chain_id))
+            args.extend(_chain_range(chain_id))
         if failed:
             where.append(f"outcome IN ({', '.join('?' for _ in FAILED_OUTCOMES)})")
             args.extend(FAILED_OUTCOMES)
