@@ -276,6 +276,13 @@ def test_agent_from_env_and_after_the_verb_vms_by_name_dumpxml(op: Env) -> None:
     wrong = op.hv("vm", "list", extra={"HOOKVISOR_AGENT": "127.0.0.1:1"})
     assert wrong.returncode == 1 and "127.0.0.1:1" in wrong.stderr
     assert "hvtest-op1" in _ok(op.hv("vm", "list", "--agent", f"127.0.0.1:{op.agent.port}"))
+    # The config file's `agent` too.
+    remote = op.config.with_name("remote.toml")
+    remote.write_text(op.config.read_text() + 'agent = "127.0.0.1:1"\n')
+    wrong = op.hv("vm", "list", extra={"HOOKVISOR_CONFIG": str(remote)})
+    assert wrong.returncode == 1 and "127.0.0.1:1" in wrong.stderr
+    remote.write_text(op.config.read_text() + f'agent = "127.0.0.1:{op.agent.port}"\n')
+    assert "hvtest-op1" in _ok(op.hv("vm", "list", extra={"HOOKVISOR_CONFIG": str(remote)}))
     assert "hvtest-op1" in _ok(op.hv("vm", "list", "hvtest-op1"))
     xml = _ok(op.hv("vm", "dumpxml", "hvtest-op1"))
     assert "<description>first</description>" in xml and xml.endswith("</domain>\n")
