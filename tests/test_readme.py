@@ -98,8 +98,13 @@ def quick_start_commands(text: str) -> list[str]:
 
 
 def _copy_checkout(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True)
+    if listed.returncode == 0:
+        files = listed.stdout.decode().split("\0")
+    else:  # not a git checkout (an unpacked tarball): the tree without what runs make
+        skip = {".git", ".venv", "var", "__pycache__", ".mypy_cache", ".ruff_cache"}
+        files = [str(p.relative_to(REPO)) for p in REPO.rglob("*")
+                 if p.is_file() and not skip & set(p.relative_to(REPO).parts)]
     for name in filter(None, files):
         src = REPO / name
         if not src.exists():
