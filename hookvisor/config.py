@@ -88,6 +88,16 @@ class Settings:
     # DEVICE_REMOVED event) before it answers hotunplugNic/hotunplugDisk.
     unplug_timeout: float = 10.0
 
+    # --- operator experience (issue 12) ---
+    # Where `hookvisor vm|net|hooks` find the agent: HOST:PORT (mutual TLS), or
+    # "" for the Unix socket (socket_path()). HOOKVISOR_AGENT or --agent.
+    agent: str = ""
+    # Bytes of a chain's input data kept with its records (for `hooks replay`);
+    # a bigger input is kept cut and marked, and cannot be replayed exactly.
+    hook_input_cap: int = 1024 * 1024
+    # How many of the newest chains keep their input (the rest keep their runs only).
+    hook_inputs_kept: int = 200
+
     def pki_paths(self) -> tuple[Path, Path, Path]:
         """(CA certificate, host certificate, host key), defaults under pki_dir."""
         return (self.ca_cert or self.pki_dir / "certs" / "cacert.pem",
@@ -107,6 +117,7 @@ _ENV = {
     "libvirt_uri": "HOOKVISOR_LIBVIRT_URI",
     "pki_dir": "HOOKVISOR_PKI_DIR",
     "unix_socket": "HOOKVISOR_SOCKET",
+    "agent": "HOOKVISOR_AGENT",
 }
 
 

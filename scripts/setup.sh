@@ -30,8 +30,8 @@ PKGS=(python3-venv python3-dev libvirt-dev pkg-config gcc libvirt-clients libvir
       libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils
       # The tiny test guest (scripts/guest.sh): its initramfs and modules.dep.
       cpio kmod
-      # The network tests' namespaces and veth pairs (`ip netns`, `ip link`).
-      iproute2)
+      # The network tests' namespaces and veth pairs (`ip netns`, `ip link`, `sysctl`).
+      iproute2 procps)
 # systemd-analyze: the tests verify the shipped unit with it.
 PKGS+=(systemd)
 

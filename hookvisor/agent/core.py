@@ -51,7 +51,7 @@ _WATCHED = (EVENT_STOPPED, EVENT_SUSPENDED, EVENT_RESUMED)
 _HOOK_RUN_FILTERS = ("vmId", "event", "failed", "chainId", "limit", "before")
 _MAX_FILTER_TEXT = 128  # a vmId or chain id is a UUID; room to spare, no more
 _DEFAULT_PAGE = 100
-_TEXT_FIELDS = ("stdout", "stderr", "diff")
+_TEXT_FIELDS = ("stdout", "stderr", "diff", "raw_diff")
 # Characters a transport must escape, counted at their longest escaped form.
 _GROWS = re.compile(r"[&<>\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FIELD_COST = 64  # a struct member's markup (<member><name>..</name><value>..)
@@ -113,7 +113,7 @@ def _cut_to_fit(run: dict[str, Any], budget: int) -> dict[str, Any]:
         text = out.get(key)
         if isinstance(text, str) and len(text) > share:
             out[key] = text[:share]
-            if key == "diff":
+            if key in ("diff", "raw_diff"):
                 out[key] += "\n[cut to fit the reply]"
             else:
                 out[f"{key}_truncated"] = True
@@ -235,6 +235,22 @@ class Agent:
             wanted = {vm_id_arg(v, f"vmList[{i}]") for i, v in enumerate(vm_list)}
         vms = [v for v in self.ctx.registry.all() if not wanted or v.vm_id in wanted]
         return [v.full() if full else v.summary() for v in vms]
+
+    def dumpxmls(self, vm_list: Any) -> dict[str, str]:
+        """VDSM's Host.dumpxmls: {vmId: the domain XML libvirt has now} (what the
+        hooks made of it, as the VM really got it)."""
+        if not isinstance(vm_list, list | tuple):
+            raise VdsmError(Code.GENERAL, f"vmList: expected a list of vmIds, got {show(vm_list)}")
+        ids = [vm_id_arg(v, f"vmList[{i}]") for i, v in enumerate(vm_list)]
+        out: dict[str, str] = {}
+        for vm_id in ids:
+            self.ctx.registry.get(vm_id)  # noVM for one this agent does not run
+            try:
+                out[vm_id] = self.ctx.host.xml(vm_id)
+            except HostError as e:
+                code = Code.NO_VM if e.no_domain else Code.GENERAL
+                raise VdsmError(code, f"{vm_id}: {e}") from None
+        return out
 
     def get_vm_stats(self, vm_id: Any) -> list[dict[str, Any]]:
         return reports.get_vm_stats(self.ctx, vm_id_arg(vm_id))

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, NoReturn
 
 from hookvisor.config import Settings, load_settings
+
+CONFIG_HELP = ("TOML config file (default: $HOOKVISOR_CONFIG, else "
+               "/etc/hookvisor/hookvisor.toml if present)")
+STATE_DIR_HELP = ("state dir: records, property definitions (default: $HOOKVISOR_STATE_DIR, "
+                  "else the config file's state_dir, else /var/lib/hookvisor)")
 
 
 class UsageError(Exception):
@@ -37,7 +42,40 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     """
     from pathlib import Path
 
-    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS,
-                        help="TOML config file")
+    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
     parser.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
-                        help="state dir (or HOOKVISOR_STATE_DIR)")
+                        help=STATE_DIR_HELP)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is False or default is argparse.SUPPRESS
+                or action.option_strings == [] or action.nargs == 0):
+            return text
+        if default is None or default == []:
+            # Not set: no filter, no value, nothing written; said so all the same.
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (`hookvisor X: message`) and exit 2, as every other error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        # Unknown arguments would otherwise travel up to the top-level parser
+        # and be reported with its multi-line usage.
+        namespace, extras = super().parse_known_args(*args, **kwargs)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras

@@ -15,29 +15,28 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
-from typing import Any, NoReturn
 
-from hookvisor.cli.common import add_global_options, parse_assignment, settings_from_args
+from hookvisor.cli.common import (
+    OneLineParser,
+    add_global_options,
+    parse_assignment,
+    settings_from_args,
+)
 from hookvisor.cli.main import UsageError
 from hookvisor.config import ConfigError
 from hookvisor.props.errors import PropertyError
 from hookvisor.props.registry import DB_FILE_NAME, PropertyRegistry, version_sort_key
-from hookvisor.props.syntax import KEYS
+from hookvisor.props.syntax import (
+    KEYS,
+    DeviceGroup,
+    Kind,
+    format_devices,
+    format_properties,
+    parse_devices,
+    parse_properties,
+)
 
-
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line and exit 2, instead of argparse's usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}\n")
-
-    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
-        # Unknown arguments would otherwise travel up to the top-level parser
-        # and be reported with its multi-line usage.
-        namespace, extras = super().parse_known_args(*args, **kwargs)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return namespace, extras
+_OneLineParser = OneLineParser
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             description="Custom-property definitions per cluster version, engine-config style. "
             f"Keys: {', '.join(KEYS)}.",
             usage="%(prog)s (-s KEY=VALUE --cver VERSION | -g KEY [--cver VERSION] | -l | -a)\n"
+            "       %(prog)s (--add KEY=DEFINITION | --remove KEY=NAME) --cver VERSION\n"
             "       %(prog)s check [--cver VERSION] [--vm-prop NAME=VALUE]... "
             "[--device-prop TYPE:NAME=VALUE]...",
         )
@@ -59,12 +59,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions = parser.add_mutually_exclusive_group()
     actions.add_argument("-s", "--set", metavar="KEY=VALUE",
                          help="replace KEY's whole value for --cver")
+    actions.add_argument("--add", metavar="KEY=DEFINITION",
+                         help="add or replace one property of KEY for --cver, the others "
+                         "kept: UserDefinedVMProperties=NAME=REGEX, or "
+                         "CustomDeviceProperties={type=TYPE;prop={NAME=REGEX}}")
+    actions.add_argument("--remove", metavar="KEY=NAME",
+                         help="remove one property of KEY for --cver (device keys: "
+                         "KEY=TYPE:NAME)")
     actions.add_argument("-g", "--get", metavar="KEY",
                          help="print KEY's value, for --cver or for every version")
     actions.add_argument("-l", "--list", action="store_true", help="list the keys")
     actions.add_argument("-a", "--all", action="store_true",
                          help="print every key's value for every version")
-    parser.add_argument("--cver", metavar="VERSION", help="cluster version, e.g. 4.8")
+    parser.add_argument("--cver", metavar="VERSION", help="cluster version, e.g. 4.8 "
+                        "(default: none; -s, --add and --remove need it, -g shows every "
+                        "version)")
+    parser.add_argument("--if-missing", action="store_true",
+                        help="with --add: leave a property already defined as it is")
     add_global_options(parser)
     parser.set_defaults(func=run_config, config_action=None)
 
@@ -115,12 +126,20 @@ def run_config(args: argparse.Namespace) -> int:
         for info in KEYS.values():
             print(f"{info.name}: {info.description}")
         return 0
-    if args.set is None and args.get is None and not args.all:
-        raise UsageError("config: give one of -s KEY=VALUE, -g KEY, -l, -a or the check command")
+    if args.set is None and args.get is None and not args.all and args.add is None \
+            and args.remove is None:
+        raise UsageError("config: give one of -s KEY=VALUE, --add, --remove, -g KEY, -l, -a "
+                         "or the check command")
+    if args.if_missing and args.add is None:
+        raise UsageError("--if-missing goes with --add")
     reg = _registry(args)
     try:
         if args.set is not None:
             return _set(reg, args.set, args.cver)
+        if args.add is not None:
+            return _edit(reg, args.add, args.cver, add=True, keep=args.if_missing)
+        if args.remove is not None:
+            return _edit(reg, args.remove, args.cver, add=False)
         keys = list(KEYS) if args.all else [_known_key(args.get)]
         for key in keys:
             _print_values(reg, key, args.cver)
@@ -139,11 +158,91 @@ def _set(reg: PropertyRegistry, assignment: str, cver: str | None) -> int:
         # rather than silently landing on whatever the settings say.
         raise UsageError(f"-s {key} needs --cver=VERSION (this agent serves cluster "
                          f"version {reg.cluster_version})")
+    return _store(reg, key, value, cver)
+
+
+def _store(reg: PropertyRegistry, key: str, value: str, cver: str) -> int:
+    """Store KEY's new whole value; print the old and the new one (a set is never silent)."""
+    old = reg.get(key, cver)
     try:
-        reg.set(key, value, version=cver)
+        new = reg.set(key, value, version=cver)
     except PropertyError as e:
         return _fail([*e.problems, f"{key} for version {cver} left unchanged"])
+    print(f"{key} version {cver} (store {reg.store.path}):")
+    print(f"  old: {old or '(none)'}")
+    print(f"  new: {new or '(none)'}")
     return 0
+
+
+def _edit(reg: PropertyRegistry, text: str, cver: str | None, add: bool,
+          keep: bool = False) -> int:
+    """--add / --remove: one property changed, the rest of KEY's value kept."""
+    option = "--add" if add else "--remove"
+    key, value = parse_assignment(text, option, "KEY=DEFINITION" if add else "KEY=NAME")
+    info = KEYS[_known_key(key)]
+    if cver is None:
+        raise UsageError(f"{option} {key} needs --cver=VERSION (this agent serves cluster "
+                         f"version {reg.cluster_version})")
+    old = reg.get(key, cver)
+    try:
+        if info.kind is Kind.DEVICE:
+            new = _edit_devices(old, value, key, add, keep)
+        else:
+            new = _edit_properties(old, value, key, add, keep)
+    except PropertyError as e:
+        return _fail([*e.problems, f"{key} for version {cver} left unchanged"])
+    if new == old:
+        print(f"{key} version {cver}: unchanged: {old or '(none)'}")
+        return 0
+    return _store(reg, key, new, cver)
+
+
+def _edit_properties(old: str, value: str, key: str, add: bool, keep: bool) -> str:
+    defs = list(parse_properties(old, key))
+    if add:
+        (new_def, *more) = parse_properties(value, key) or (None,)
+        if new_def is None or more:
+            raise UsageError(f"--add {key}=NAME=REGEX: one property, got {value!r}")
+        at = [i for i, d in enumerate(defs) if d.name == new_def.name]
+        if at and keep:
+            return old
+        if at:
+            defs[at[0]] = new_def
+        else:
+            defs.append(new_def)
+    else:
+        if not any(d.name == value for d in defs):
+            raise UsageError(f"--remove {key}={value}: no such property (defined: "
+                             f"{', '.join(d.name for d in defs) or 'none'})")
+        defs = [d for d in defs if d.name != value]
+    return format_properties(defs)
+
+
+def _edit_devices(old: str, value: str, key: str, add: bool, keep: bool) -> str:
+    groups = {g.type: list(g.props) for g in parse_devices(old, key)}
+    if add:
+        added = parse_devices(value, key)
+        if len(added) != 1 or len(added[0].props) != 1:
+            raise UsageError(f"--add {key}={{type=TYPE;prop={{NAME=REGEX}}}}: one property, "
+                             f"got {value!r}")
+        dev_type, new_def = added[0].type, added[0].props[0]
+        props = groups.setdefault(dev_type, [])
+        at = [i for i, d in enumerate(props) if d.name == new_def.name]
+        if at and keep:
+            return old
+        if at:
+            props[at[0]] = new_def
+        else:
+            props.append(new_def)
+    else:
+        dev_type, colon, name = value.partition(":")
+        props = groups.get(dev_type, [])
+        if not colon or not any(d.name == name for d in props):
+            raise UsageError(f"--remove {key}={value}: no such TYPE:NAME (defined: "
+                             + (", ".join(f"{t}:{d.name}" for t, ps in groups.items()
+                                          for d in ps) or "none") + ")")
+        groups[dev_type] = [d for d in props if d.name != name]
+    return format_devices([DeviceGroup(t, tuple(ps)) for t, ps in groups.items() if ps])
 
 
 def _print_values(reg: PropertyRegistry, key: str, cver: str | None) -> None:
@@ -169,7 +268,8 @@ def _assignments(texts: list[str], option: str) -> dict[str, object]:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    if args.set is not None or args.get is not None or args.list or args.all:
+    if args.set is not None or args.get is not None or args.list or args.all \
+            or args.add is not None or args.remove is not None:
         raise UsageError("config check: does not combine with -s, -g, -l or -a")
     vm = _assignments(args.vm_prop, "--vm-prop")
     network = _assignments(args.network_prop, "--network-prop")

@@ -15,19 +15,19 @@ diffs on a terminal, plain text when piped.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from hookvisor.cli.common import (
     UsageError,
@@ -35,13 +35,15 @@ from hookvisor.cli.common import (
     parse_assignment,
     settings_from_args,
 )
+from hookvisor.cli.output import Out, is_terminal
 from hookvisor.config import Settings
 from hookvisor.hooks.catalogue import EVENTS, Event, Payload, get_event
 from hookvisor.hooks.discovery import ChecksumCache, Script, list_scripts
 from hookvisor.hooks.launchflags import START_PAUSED, read_flags
-from hookvisor.hooks.manifest import ManifestCache, ManifestError
-from hookvisor.hooks.records import RECORDS_FILE, RunRecord, RunRecords
+from hookvisor.hooks.manifest import MANIFEST_SUFFIX, ManifestCache, ManifestError
+from hookvisor.hooks.records import OFFLINE_RECORDS_FILE, RunRecords
 from hookvisor.hooks.runner import ChainResult, HookRunner, RunnerConfig, ScriptRun
+from hookvisor.rpc.client import AgentError
 
 _OUTCOME_STYLE = {
     "ok": "green",
@@ -53,28 +55,37 @@ _OUTCOME_STYLE = {
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from hookvisor.cli import hooks_history
+    from hookvisor.cli.vm_cmd import add_client_options
+
     parser = subparsers.add_parser(
-        "hooks", help="list hooks, try a hook chain offline, read hook run records",
+        "hooks", help="list hooks, try a hook chain offline, read and replay hook run records",
         description="The hook engine, for hook authors and operators.",
     )
     sub = parser.add_subparsers(dest="hooks_action", metavar="ACTION", required=True)
 
-    lst = sub.add_parser("list", help="events, scripts in run order, checksums, manifests")
+    lst = sub.add_parser("list", help="events, scripts in run order, checksums, manifests",
+                         description="What the running agent reports (getVdsCapabilities) "
+                         "when one is reachable, else the hooks dir's files; says which.")
     lst.add_argument("--hooks-dir", type=Path, metavar="DIR",
-                     help="hooks dir (default: the settings')")
+                     help="list this dir's files (default: ask the agent, else the "
+                     "settings' hooks_dir)")
     lst.add_argument("--event", metavar="E", help="only this event")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
-    add_global_options(lst)
+    lst.add_argument("--local", action="store_true", help="the files only, not the agent")
+    add_client_options(lst)
     lst.set_defaults(func=cmd_list)
 
     run = sub.add_parser(
         "run", help="run an event's chain exactly as the agent would, on a copy of the data",
-        description="Runs EVENT's scripts on a copy of FILE (never touched). Exit 0 if the "
-        "chain passed, 1 if the event would be vetoed, 2 for usage errors.",
+        description="Runs EVENT's scripts on a copy of FILE (never touched), custom "
+        "properties checked against the definitions first, as the agent does. Exit 0 if the "
+        "chain passed, 1 if the event would be vetoed or the properties refused, 2 for usage "
+        "errors. Runs are recorded apart from the agent's (offline).",
     )
     run.add_argument("event", metavar="EVENT")
     run.add_argument("--hooks-dir", type=Path, metavar="DIR",
-                     help="hooks dir (default: the settings')")
+                     help="hooks dir (default: the settings' hooks_dir)")
     data = run.add_mutually_exclusive_group()
     data.add_argument("--xml", metavar="FILE", help="domain or device XML ('-': stdin)")
     data.add_argument("--json", metavar="FILE", help="JSON document ('-': stdin)")
@@ -86,93 +97,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                      help="an event extra, e.g. FROM_SNAPSHOT=True for *_vm_dehibernate")
     run.add_argument("--vm-id", metavar="UUID",
                      help="vmId (default: the domain XML's <uuid>, if any)")
+    run.add_argument("--cver", metavar="VERSION", help="check the properties against this "
+                     "cluster version's definitions (default: the settings' cluster_version)")
+    run.add_argument("--no-prop-check", action="store_true",
+                     help="run without checking the properties against the definitions")
     run.add_argument("--timeout", type=float, metavar="S",
-                     help="timeout per script, seconds (a script's manifest still wins)")
+                     help="timeout per script, seconds (default: the settings'; a script's "
+                     "manifest still wins)")
     run.add_argument("--output", metavar="FILE",
                      help="write the final data to FILE ('-': stdout; the report then "
                      "goes to stderr)")
     run.add_argument("--no-record", action="store_true",
-                     help="do not add these runs to the state dir's hook records")
+                     help="do not record these runs (default: recorded as offline runs in "
+                     f"<state dir>/{OFFLINE_RECORDS_FILE})")
     add_global_options(run)
     run.set_defaults(func=cmd_run)
 
-    hist = sub.add_parser("history", help="the records of past hook runs, newest first")
-    hist.add_argument("--vm", metavar="ID", help="only runs for this vmId")
-    hist.add_argument("--event", metavar="E", help="only runs of this event")
-    hist.add_argument("--chain", metavar="ID", help="only the runs of this chain")
-    hist.add_argument("--failed", action="store_true",
-                      help="only failed, timed-out and invalid-output runs")
-    hist.add_argument("--limit", type=int, default=50, metavar="N",
-                      help="at most N runs (default 50)")
-    hist.add_argument("--json", action="store_true", help="machine-readable output")
-    hist.add_argument("-v", "--verbose", action="store_true",
-                      help="also print each run's stdout, stderr and diff")
-    add_global_options(hist)
-    hist.set_defaults(func=cmd_history)
+    hooks_history.register(sub, add_client_options)
 
 
-# --- output helpers ----------------------------------------------------------
-
-
-class _Out:
-    """rich on a terminal, plain text otherwise (pipes, files, tests)."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-        self.rich = stream.isatty()
-        self.console: Any = None
-        if self.rich:
-            from rich.console import Console
-
-            self.console = Console(file=stream, highlight=False)
-
-    def line(self, text: str = "", style: str | None = None) -> None:
-        if self.rich:
-            from rich.text import Text
-
-            self.console.print(Text(text, style=style or ""))
-        else:
-            print(text, file=self.stream)
-
-    def table(self, title: str | None, columns: Sequence[str], rows: list[list[str]],
-              styles: list[str | None] | None = None) -> None:
-        if self.rich:
-            from rich.table import Table
-
-            table = Table(title=title, title_justify="left", show_lines=False)
-            for column in columns:
-                table.add_column(column, overflow="fold")
-            for i, row in enumerate(rows):
-                table.add_row(*row, style=(styles[i] if styles else None))
-            self.console.print(table)
-            return
-        if title:
-            print(title, file=self.stream)
-        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-        for row in [list(columns), *rows]:
-            cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
-            print("  ".join(cells).rstrip(), file=self.stream)
-
-    def block(self, label: str, text: str, diff: bool = False) -> None:
-        if not text:
-            return
-        if self.rich:
-            from rich.syntax import Syntax
-            from rich.text import Text
-
-            self.console.print(Text(f"  {label}:", style="bold"))
-            if diff:
-                self.console.print(Syntax(text.rstrip("\n"), "diff", theme="ansi_dark",
-                                          background_color="default"))
-            else:
-                self.console.print(Text(_indent(text)))
-            return
-        print(f"  {label}:", file=self.stream)
-        print(_indent(text), file=self.stream)
-
-
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.rstrip("\n").splitlines())
+_Out = Out
 
 
 def _event(name: str) -> Event:
@@ -211,22 +155,81 @@ def _unknown_dirs(hooks_dir: Path) -> list[str]:
     return [n for n in names if n not in EVENTS and not n.startswith(".")]
 
 
+NOT_EXECUTABLE = "present but not executable: it never runs (chmod +x to run it)"
+
+
+def not_executable(hooks_dir: Path, event: str) -> list[str]:
+    """Regular files of the event's dir that discovery skips for want of an x bit."""
+    directory = hooks_dir / event
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name.endswith(MANIFEST_SUFFIX):
+            continue
+        try:
+            if entry.is_file() and not os.access(entry.path, os.X_OK):
+                out.append(entry.name)
+        except OSError:
+            continue
+    return sorted(out, key=os.fsencode)
+
+
+def _agent_hooks(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str]:
+    """The agent's hooks report and where it came from; (None, why) if not asked or not reached."""
+    from hookvisor.cli import hooks_history
+
+    client, why = hooks_history.agent_client(args)
+    if client is None:
+        return None, why
+    try:
+        info = client.call("getVdsCapabilities").get("info", {})
+    except AgentError as e:
+        return None, hooks_history.fallback(args, e)
+    hooks = info.get("hooks")
+    return (hooks if isinstance(hooks, dict) else {}), f"the agent at {client.address}"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     settings = _settings(args, hooks_dir=args.hooks_dir)
     hooks_dir = settings.hooks_dir
     events = [_event(args.event).name] if args.event else list(EVENTS)
+    agent: dict[str, Any] | None = None
+    source = f"the files in {hooks_dir}"
+    if args.hooks_dir is None and not args.local:
+        agent, where = _agent_hooks(args)
+        source = where if agent is not None else f"the files in {hooks_dir} ({where})"
     checksums, manifests = ChecksumCache(), ManifestCache()
     listing: dict[str, list[dict[str, Any]]] = {}
     for name in events:
-        scripts = list_scripts(hooks_dir, name)
-        if scripts or args.event:
-            listing[name] = [_script_info(s, checksums, manifests) for s in scripts]
+        local = {s.name: _script_info(s, checksums, manifests)
+                 for s in list_scripts(hooks_dir, name)}
+        if agent is not None:
+            # The agent's word on what runs; the files add manifests and refusals.
+            reported = agent.get(name) or {}
+            infos = []
+            for script in sorted(reported, key=os.fsencode):
+                info = dict(local.get(script) or {"script": script, "manifest": None,
+                                                  "manifest_error": None, "refused": None})
+                info["checksum"] = str((reported[script] or {}).get("checksum", ""))
+                infos.append(info)
+        else:
+            infos = list(local.values())
+        for script in not_executable(hooks_dir, name):
+            infos.append({"script": script, "checksum": "", "manifest": None,
+                          "manifest_error": None, "refused": None,
+                          "not_executable": NOT_EXECUTABLE})
+        if infos or args.event:
+            listing[name] = infos
     unknown = _unknown_dirs(hooks_dir) if not args.event else []
     if args.json:
-        json.dump({"hooks_dir": str(hooks_dir), "events": listing,
+        json.dump({"hooks_dir": str(hooks_dir), "source": source, "events": listing,
                    "unknown_event_dirs": unknown}, sys.stdout, indent=2)
         print()
         return 0
+    _Out(sys.stderr).line(f"hookvisor: hooks as reported by {source}")
     out = _Out(sys.stdout)
     if not listing:
         out.line(f"no hooks installed in {hooks_dir}")
@@ -252,16 +255,21 @@ def cmd_list(args: argparse.Namespace) -> int:
             if info["refused"]:
                 # It fails every run of the event: say so where the admin looks.
                 state, style = "REFUSED", "bold red"
+            elif info.get("not_executable"):
+                state, style = "NOT EXECUTABLE", "yellow"
             else:
                 state = "ok"
-            rows.append([info["script"], state, info["checksum"][:16], manifest])
+            rows.append([info["script"], state, info["checksum"][:16] or "-", manifest])
             styles.append(style)
         title = f"{name} ({', '.join(traits)})"
         if rows:
-            out.table(title, ["script", "state", "sha256", "manifest"], rows, styles)
+            out.table(title, ["script", "state", "sha256", "manifest"], rows, styles,
+                      keep=("script", "state", "sha256"))
             for info in infos:
                 if info["refused"]:
                     out.line(f"  {info['script']}: {info['refused']}", style="bold red")
+                if info.get("not_executable"):
+                    out.line(f"  {info['script']}: {info['not_executable']}", style="yellow")
         else:
             out.line(f"{title}: no scripts in {hooks_dir / name}")
     for name in unknown:
@@ -295,12 +303,23 @@ def _input_data(ev: Event, args: argparse.Namespace) -> str:
             raise UsageError(f"{ev.name} takes JSON: use --json FILE, not --xml")
         if not args.json:
             raise UsageError(f"{ev.name} needs its data: --json FILE")
-        return _read_input(args.json)
+        text = _read_input(args.json)
+        try:
+            json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"--json {args.json}: not JSON: {e}") from None
+        return text
     if args.json:
         raise UsageError(f"{ev.name} takes {payload.value} XML: use --xml FILE, not --json")
     if not args.xml:
         raise UsageError(f"{ev.name} needs its {payload.value} XML: --xml FILE")
-    return _read_input(args.xml)
+    text = _read_input(args.xml)
+    # Refused before any hook runs: a hook would only fail on it, less clearly.
+    try:
+        ET.fromstring(text)
+    except ET.ParseError as e:
+        raise UsageError(f"--xml {args.xml}: not XML: {e}") from None
+    return text
 
 
 def _domain_uuid(data: str) -> str | None:
@@ -320,15 +339,74 @@ def _assignments(values: list[str], option: str) -> dict[str, str]:
 
 
 def _open_records(settings: Settings, err: _Out) -> RunRecords | None:
-    records = RunRecords(settings.state_dir / RECORDS_FILE, limit=settings.hook_history_limit)
+    """The offline store: apart from the agent's runs, so history tells them apart."""
+    path = settings.state_dir / OFFLINE_RECORDS_FILE
+    records = RunRecords(path, limit=settings.hook_history_limit, origin="offline",
+                         inputs_kept=settings.hook_inputs_kept)
     try:
         records.count()  # opens (and creates) it now, so a read-only state dir shows here
     except (sqlite3.Error, OSError) as e:
         records.close()
-        err.line(f"note: runs not recorded ({settings.state_dir / RECORDS_FILE}: {e})",
-                 style="yellow")
+        err.line(f"note: runs not recorded ({path}: {e})", style="yellow")
         return None
     return records
+
+
+def check_props(settings: Settings, ev: Event, data: str, vm_props: dict[str, str],
+                device_props: dict[str, str], cver: str | None) -> tuple[list[str], str]:
+    """What the agent would refuse in these properties, and which store said so."""
+    from hookvisor.props.errors import PropertyError
+    from hookvisor.props.registry import DB_FILE_NAME, PropertyRegistry
+
+    path = settings.state_dir / DB_FILE_NAME
+    version = cver or settings.cluster_version
+    where = f"{path}, cluster version {version}"
+    if not vm_props and not device_props:
+        return [], where
+    devices: list[tuple[str, dict[str, str]]] = []
+    if device_props and ev.payload is Payload.DEVICE:
+        # A device event's data is the device: its element names the type
+        # (interface, disk...) the definitions are per.
+        with suppress(ET.ParseError):
+            devices.append((ET.fromstring(data).tag, device_props))
+    elif device_props:
+        where += "; --device-prop not checked: a domain event names no device type"
+    try:
+        reg = PropertyRegistry(path, version)
+    except PropertyError as e:
+        raise UsageError(f"--cver: {e}") from None
+    try:
+        return reg.problems(vm=vm_props, devices=devices, version=version), where
+    except sqlite3.Error as e:
+        return [f"cannot read the definitions: {e}"], where
+    finally:
+        reg.close()
+
+
+class _Shown(HookRunner):
+    """A runner that names the script it starts on a spinner (a terminal's stderr)."""
+
+    status: Any = None
+
+    def _run_one(self, ev: Event, script: Script, *args: Any, **kwargs: Any) -> Any:
+        if self.status is not None:
+            self.status.update(f"{ev.name}: running {script.name}")
+        return super()._run_one(ev, script, *args, **kwargs)
+
+
+@contextmanager
+def _spinner(runner: _Shown, ev: Event) -> Iterator[None]:
+    if not is_terminal(sys.stderr):
+        yield
+        return
+    from rich.console import Console
+
+    with Console(file=sys.stderr).status(f"{ev.name}: starting") as status:
+        runner.status = status
+        try:
+            yield
+        finally:
+            runner.status = None
 
 
 @contextmanager
@@ -366,6 +444,8 @@ def _report_run(out: _Out, run: ScriptRun) -> None:
     out.block("stdout" + (" (cut at 64 KiB)" if run.stdout_truncated else ""), run.stdout)
     label = "diff (discarded)" if run.failed else "diff"
     out.block(label, run.diff, diff=True)
+    if run.raw_diff and not run.diff:
+        out.line(f"  {label}: formatting only: no change once canonicalised")
 
 
 def _report_chain(out: _Out, result: ChainResult, scripts: int, flags: int) -> None:
@@ -391,10 +471,23 @@ def _report_chain(out: _Out, result: ChainResult, scripts: int, flags: int) -> N
         out.line("chain passed", style="bold green")
 
 
+def hooks_dir_problem(settings: Settings, given: bool) -> str | None:
+    where = "--hooks-dir" if given else "hooks_dir (from the settings)"
+    if not settings.hooks_dir.exists():
+        return f"{where} {settings.hooks_dir}: does not exist"
+    if not settings.hooks_dir.is_dir():
+        return f"{where} {settings.hooks_dir}: not a directory"
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     ev = _event(args.event)
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    settings = _settings(args, hooks_dir=args.hooks_dir)
+    problem = hooks_dir_problem(settings, args.hooks_dir is not None)
+    if problem:
+        raise UsageError(problem)
     data = _input_data(ev, args)
     vm_props = _assignments(args.prop, "--prop")
     device_props = _assignments(args.device_prop, "--device-prop")
@@ -406,11 +499,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     vm_id = args.vm_id
     if vm_id is None and ev.payload is Payload.DOMAIN:
         vm_id = _domain_uuid(data)
-    settings = _settings(args, hooks_dir=args.hooks_dir)
     to_stdout = args.output == "-"
     out = _Out(sys.stderr if to_stdout else sys.stdout)
     err = _Out(sys.stderr)
-    records = None if args.no_record else _open_records(settings, err)
+    if not args.no_prop_check and (vm_props or device_props):
+        problems, where = check_props(settings, ev, data, vm_props, device_props, args.cver)
+        out.line(f"custom properties checked against {where}")
+        if problems:
+            for p in problems:
+                out.line(f"REFUSED: {p}", style="bold red")
+            out.line("the agent would refuse these properties before any hook runs "
+                     "(define them: hookvisor config --add; or --no-prop-check)",
+                     style="bold red")
+            return 1
+    status, _ = run_chain(args, settings, ev, data, vm_id, vm_props, device_props, extras,
+                          out, err,
+                          records=None if args.no_record else _open_records(settings, err))
+    return status
+
+
+def run_chain(args: argparse.Namespace, settings: Settings, ev: Event, data: str,
+              vm_id: str | None, vm_props: dict[str, str], device_props: dict[str, str],
+              extras: dict[str, str], out: Out, err: Out,
+              records: RunRecords | None) -> tuple[int, ChainResult]:
+    """Run the chain offline and report it; `hooks run` and `hooks replay` share it.
+
+    The exit status (0 passed, 1 vetoed or failed) and the chain's result.
+    """
+    for name in not_executable(settings.hooks_dir, ev.name):
+        out.line(f"warning: {name}: {NOT_EXECUTABLE}", style="yellow")
     try:
         with _temp_run_dir() as run_dir, _quiet_engine_log():
             config = replace(RunnerConfig.from_settings(settings), run_dir=run_dir,
@@ -418,92 +535,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.timeout is not None:
                 config = replace(config, default_timeout=args.timeout, event_timeouts={},
                                  script_timeouts={})
-            runner = HookRunner(config, records)
+            runner = _Shown(config, records)
             scripts = len(runner.scripts(ev.name))
-            result = runner.run(ev.name, data, vm_id=vm_id, vm_props=vm_props,
-                                device_props=device_props, extra_env=extras)
+            with _spinner(runner, ev):
+                result = runner.run(ev.name, data, vm_id=vm_id, vm_props=vm_props,
+                                    device_props=device_props, extra_env=extras)
             flags = read_flags(run_dir, vm_id) if vm_id and "/" not in vm_id else 0
     finally:
         if records is not None:
             records.close()
     _report_chain(out, result, scripts, flags)
+    if records is not None and result.runs:
+        out.line(f"recorded as offline runs in {records.path} (chain {result.chain_id[:8]})",
+                 style="dim")
     if args.output:
         final = result.data
-        if to_stdout:
-            sys.stdout.write(final)
+        if args.output == "-":
+            sys.stdout.write(final if final.endswith("\n") or not final else final + "\n")
             sys.stdout.flush()
         else:
             try:
                 Path(args.output).write_text(final, encoding="utf-8")
             except OSError as e:
                 err.line(f"hookvisor: cannot write {args.output}: {e.strerror}")
-                return 1
+                return 1, result
     if result.vetoed:
-        return 1
-    return 1 if any(not r.ignored for r in result.failures) else 0
+        return 1, result
+    return (1 if any(not r.ignored for r in result.failures) else 0), result
 
 
-# --- history -------------------------------------------------------------------
-
-
-def _when(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
-
-
-def _summary(record: RunRecord) -> str:
-    text = record.message or record.stderr.strip()
-    first = text.splitlines()[0] if text else ""
-    return first if len(first) <= 80 else first[:77] + "..."
-
-
-def cmd_history(args: argparse.Namespace) -> int:
-    if args.limit <= 0:
-        raise UsageError(f"--limit: expected a positive integer, got {args.limit}")
-    if args.event:
-        _event(args.event)
-    settings = _settings(args)
-    path = settings.state_dir / RECORDS_FILE
-    if not path.exists():
-        if args.json:
-            print("[]")
-        else:
-            print(f"no hook runs recorded in {path}")
-        return 0
-    records = RunRecords(path, limit=settings.hook_history_limit)
-    try:
-        runs = records.query(vm_id=args.vm, event=args.event, failed=args.failed,
-                             chain_id=args.chain, limit=args.limit)
-    except sqlite3.Error as e:
-        print(f"hookvisor: cannot read hook records {path}: {e}", file=sys.stderr)
-        return 1
-    finally:
-        records.close()
-    if args.json:
-        json.dump([r.to_dict() for r in runs], sys.stdout, indent=2)
-        print()
-        return 0
-    out = _Out(sys.stdout)
-    if not runs:
-        out.line("no matching hook runs")
-        return 0
-    rows = [
-        [_when(r.time), r.event, r.vm_id or "-", r.script, r.outcome,
-         "-" if r.rc is None else str(r.rc), f"{r.duration * 1000:.1f}", r.chain_id[:8],
-         _summary(r)]
-        for r in runs
-    ]
-    styles: list[str | None] = [_OUTCOME_STYLE.get(r.outcome) for r in runs]
-    out.table(None, ["time", "event", "vm", "script", "outcome", "rc", "ms", "chain", "detail"],
-              rows, styles)
-    if args.verbose:
-        for r in runs:
-            out.line()
-            out.line(f"{_when(r.time)} {r.event} {r.script} ({r.outcome}, chain {r.chain_id}, "
-                     f"sha256 {r.checksum[:16]})", style=_OUTCOME_STYLE.get(r.outcome))
-            if r.message:
-                out.line(f"  {r.message}")
-            cut = " (cut at 64 KiB)"
-            out.block("stderr" + (cut if r.stderr_truncated else ""), r.stderr)
-            out.block("stdout" + (cut if r.stdout_truncated else ""), r.stdout)
-            out.block("diff", r.diff, diff=True)
-    return 0

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hookvisor.cli.common import UsageError
+from hookvisor.cli.common import CONFIG_HELP, STATE_DIR_HELP, OneLineParser, UsageError
 from hookvisor.config import ConfigError
 
 # Command groups, each in hookvisor/cli/<module>.py.
@@ -24,13 +25,12 @@ __all__ = ["UsageError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hookvisor", description="Per-host VM agent with a VDSM-compatible hook engine."
     )
-    parser.add_argument("--config", type=Path, help="TOML config file "
-                        "(default /etc/hookvisor/hookvisor.toml if present)")
-    parser.add_argument("--state-dir", type=Path, help="state dir (records, properties); "
-                        "or HOOKVISOR_STATE_DIR")
+    parser.add_argument("--version", action="version", version=f"hookvisor {_version()}")
+    parser.add_argument("--config", type=Path, help=CONFIG_HELP)
+    parser.add_argument("--state-dir", type=Path, help=STATE_DIR_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -44,16 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from hookvisor import __version__
+
+    return __version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         status: int = args.func(args)
+        sys.stdout.flush()
     except (UsageError, ConfigError) as e:
         print(f"hookvisor: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `hookvisor ... | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so that the interpreter's own flush at exit stays quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return status
 
 

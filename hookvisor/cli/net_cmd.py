@@ -140,3 +140,7 @@ def register(sub: Any) -> None:
     save = verbs.add_parser("save", help="make the current setup the safe one "
                             "(setSafeNetworkConfig)")
     save.set_defaults(func=_guard(cmd_save))
+
+    # `hookvisor net list --agent H:P`, as for `vm`.
+    for verb_parser in verbs.choices.values():
+        add_client_options(verb_parser, after=True)

@@ -52,16 +52,20 @@ def register(sub: Any) -> None:
                    "(default 16)")
     p.add_argument("--hooks-dir", type=Path, help="hooks dir (default "
                    "/usr/libexec/hookvisor/hooks)")
-    p.add_argument("--run-dir", type=Path, help="run dir for hook temp files and launch flags")
-    p.add_argument("--cluster-version", help="custom property definitions to check against")
+    p.add_argument("--run-dir", type=Path, help="run dir for hook temp files and launch flags "
+                   "(default /run/hookvisor)")
+    p.add_argument("--cluster-version", help="custom property definitions to check against "
+                   "(default 4.8)")
     p.add_argument("--domain-type", choices=("auto", "kvm", "qemu"),
                    help="domain type for params-built VMs (default auto)")
     p.add_argument("--hook-timeout", type=float, metavar="SECONDS",
-                   help="default timeout of one hook script")
+                   help="timeout of one hook script (default 60)")
     p.add_argument("--hook-grace", type=float, metavar="SECONDS",
-                   help="between SIGTERM and SIGKILL for a hook past its timeout")
+                   help="between SIGTERM and SIGKILL for a hook past its timeout "
+                   "(default 2)")
     p.add_argument("--event-timeout", action="append", default=[], metavar="EVENT=SECONDS",
-                   help="timeout for one event's scripts (repeatable)")
+                   help="timeout for one event's scripts (repeatable; default: "
+                   "--hook-timeout)")
     p.add_argument("--hook-history-limit", type=int, metavar="N",
                    help="keep the newest N hook run records (default 10000)")
     p.add_argument("--log-level", default="INFO",
@@ -79,6 +83,9 @@ def _settings(args: argparse.Namespace) -> Settings:
                 timeouts[name] = float(value)
             except ValueError:
                 raise UsageError(f"--event-timeout {item!r}: expected EVENT=SECONDS") from None
+            if not timeouts[name] > 0:
+                raise UsageError(f"--event-timeout {item!r}: expected a positive number of "
+                                 "seconds")
     return settings_from_args(
         args,
         libvirt_uri=args.libvirt_uri,
@@ -98,8 +105,25 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def _check_timeouts(settings: Settings) -> None:
+    """An event_timeouts key must name an event (or event/script): a typo would
+    leave the intended event on the default timeout without a word."""
+    from hookvisor.hooks.catalogue import EVENTS
+
+    for key in settings.event_timeouts:
+        event = key.split("/", 1)[0]
+        if event not in EVENTS:
+            raise UsageError(f"event timeout {key!r}: {event!r} is not a hook event "
+                             "(see docs/hooks.md)")
+
+
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _check_timeouts(settings)
+    if args.hooks_dir is not None and not settings.hooks_dir.is_dir():
+        raise UsageError(f"--hooks-dir {settings.hooks_dir}: "
+                         + ("not a directory" if settings.hooks_dir.exists()
+                            else "does not exist"))
     logging.basicConfig(stream=sys.stderr, level=args.log_level, format=LOG_FORMAT)
     # LOG_FORMAT shows no source line, thread or process: gathering them for
     # every record is wasted (the logging HOWTO's "Optimization" switches).
@@ -134,7 +158,8 @@ def serve(settings: Settings, ready: threading.Event | None = None,
         return 1
     try:
         records = RunRecords(settings.state_dir / "hookruns.sqlite",
-                             limit=settings.hook_history_limit)
+                             limit=settings.hook_history_limit,
+                             inputs_kept=settings.hook_inputs_kept)
         props = PropertyRegistry(settings.state_dir / "properties.sqlite",
                                  settings.cluster_version)
     except (OSError, ValueError) as e:
@@ -169,6 +194,9 @@ def serve(settings: Settings, ready: threading.Event | None = None,
         hooks.run("after_vdsm_stop")
         return 1
     server.start()
+    if not settings.hooks_dir.is_dir():
+        log.warning("hooks dir %s does not exist: no hook will run until it does",
+                    settings.hooks_dir)
     log.info("listening on %s (libvirt %s, domain type %s, hooks %s)", server.describe(),
              settings.libvirt_uri, host.domain_type, settings.hooks_dir)
     adopted = agent.recover()

@@ -22,6 +22,7 @@ from hookvisor.cli.common import (
     parse_assignment,
     settings_from_args,
 )
+from hookvisor.cli.output import Out, spinner
 from hookvisor.rpc.client import AgentClient, AgentError, address_for
 
 __all__ = ["AgentError", "add_client_options", "call", "register"]
@@ -36,14 +37,48 @@ def _client(args: argparse.Namespace) -> AgentClient:
     if cached is None:
         settings = settings_from_args(args, unix_socket=args.socket, pki_dir=args.pki_dir,
                                       host_cert=args.cert, host_key=args.key)
+        # --agent, else the `agent` setting (HOOKVISOR_AGENT, config file), else the socket.
         cached = AgentClient(address_for(settings, args.agent, args.insecure), settings)
         args._client = cached
     return cached
 
 
 def call(args: argparse.Namespace, verb: str, *params: Any) -> dict[str, Any]:
-    """Call one verb; raise AgentError with VDSM's code name unless status is 0."""
-    return _client(args).call(verb, *params)
+    """Call one verb; raise AgentError with VDSM's code name unless status is 0.
+
+    On a terminal a spinner names the verb in flight: a create runs the
+    agent's hooks, which may take their whole timeout.
+    """
+    client = _client(args)
+    if verb not in _RUNS_HOOKS:
+        return client.call(verb, *params)
+    with spinner(f"{verb}: waiting for the agent at {client.address} (it runs the "
+                 f"{_RUNS_HOOKS[verb]} hooks)"):
+        return client.call(verb, *params)
+
+
+# Verbs whose reply waits for a hook chain, and which chain.
+_RUNS_HOOKS = {"create": "before_vm_start", "destroy": "before_vm_destroy",
+               "pause": "before_vm_pause", "cont": "before_vm_cont"}
+_UUID_LEN = 36
+
+
+def resolve_vm(args: argparse.Namespace, ref: str) -> str:
+    """A vmId for `ref`: a UUID as is, else the one VM of that name."""
+    try:
+        return str(uuid.UUID(ref)) if len(ref) == _UUID_LEN else _by_name(args, ref)
+    except ValueError:
+        return _by_name(args, ref)
+
+
+def _by_name(args: argparse.Namespace, name: str) -> str:
+    vms: list[dict[str, Any]] = _client(args).call("list", True).get("vmList", [])
+    ids = [str(v.get("vmId")) for v in vms if v.get("vmName") == name]
+    if len(ids) == 1:
+        return ids[0]
+    if ids:
+        raise UsageError(f"{len(ids)} VMs are named {name!r}: give a vmId ({', '.join(ids)})")
+    raise AgentError(f"noVM (1): no VM named {name!r} and not a vmId", 1)
 
 
 def parse_nic(text: str) -> dict[str, Any]:
@@ -93,15 +128,8 @@ def _print_json(obj: Any) -> None:
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*r)
-    Console().print(table)
+    # Piped: plain, one VM per line, nothing cut; on a terminal the vmId is never cut.
+    Out(sys.stdout).table(None, columns, rows, keep=("vmId", "name"))
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -115,10 +143,13 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    reply = call(args, "list", True, list(args.vm_ids))
+    reply = call(args, "list", True, [resolve_vm(args, v) for v in args.vm_ids])
     vms: list[dict[str, Any]] = reply.get("vmList", [])
     if args.json:
         _print_json(vms)
+        return 0
+    if not vms:
+        print("no VMs" + (" of those vmIds" if args.vm_ids else ""))
         return 0
     rows = [[str(v.get("vmId")), str(v.get("vmName", "")), str(v.get("status", "")),
              ", ".join(f"{k}={val}" for k, val in sorted((v.get("custom") or {}).items()))]
@@ -127,8 +158,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dumpxml(args: argparse.Namespace) -> int:
+    vm_id = resolve_vm(args, args.vm)
+    xml: str = call(args, "dumpxmls", [vm_id]).get("domxmls", {}).get(vm_id, "")
+    sys.stdout.write(xml if xml.endswith("\n") else xml + "\n")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
-    reply = call(args, "getVmStats", args.vm_id) if args.vm_id else call(args, "getAllVmStats")
+    reply = (call(args, "getVmStats", resolve_vm(args, args.vm_id)) if args.vm_id
+             else call(args, "getAllVmStats"))
     stats: list[dict[str, Any]] = reply.get("statsList", [])
     if args.json:
         _print_json(stats)
@@ -140,8 +179,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def _simple(verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        reply = call(args, verb, args.vm_id)
-        print(f"{args.vm_id}: {reply['status'].get('message', 'Done')}")
+        vm_id = resolve_vm(args, args.vm_id)
+        reply = call(args, verb, vm_id)
+        print(f"{vm_id}: {reply['status'].get('message', 'Done')}")
         return 0
 
     return run
@@ -163,21 +203,29 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     return run
 
 
-def add_client_options(parser: argparse.ArgumentParser) -> None:
-    """How a client command reaches the agent: shared by `vm` and `net`."""
-    add_global_options(parser)
-    parser.add_argument("--agent", metavar="HOST:PORT",
+def add_client_options(parser: argparse.ArgumentParser, after: bool = False) -> None:
+    """How a client command reaches the agent: shared by `vm`, `net` and `hooks`.
+
+    `after`: for a sub-command's own parser, so that the options may follow it
+    (`hookvisor vm list --agent H:P`); SUPPRESS keeps a value given before it.
+    """
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS} if after else {}
+    if not after:
+        add_global_options(parser)
+    parser.add_argument("--agent", metavar="HOST:PORT", **kw,
                         help="a remote agent, over mutual TLS with this host's certificate "
-                        "(default: the local agent's Unix socket)")
-    parser.add_argument("--insecure", action="store_true",
+                        "(default: the `agent` setting or HOOKVISOR_AGENT, else the local "
+                        "agent's Unix socket)")
+    parser.add_argument("--insecure", action="store_true", **kw,
                         help="with --agent: plain TCP, for an agent serving --insecure")
-    parser.add_argument("--socket", type=Path, help="the local agent's socket (default "
+    parser.add_argument("--socket", type=Path, **kw, help="the local agent's socket (default "
                         "<run dir>/hookvisor.sock; or HOOKVISOR_SOCKET, HOOKVISOR_RUN_DIR)")
-    parser.add_argument("--pki-dir", type=Path, help="CA, certificate and key for --agent "
-                        "(default /etc/pki/hookvisor; or HOOKVISOR_PKI_DIR)")
-    parser.add_argument("--cert", type=Path, help="with --agent: a client certificate "
-                        "(`hookvisor pki issue`) instead of the host's")
-    parser.add_argument("--key", type=Path, help="with --agent: the key of --cert")
+    parser.add_argument("--pki-dir", type=Path, **kw, help="CA, certificate and key for "
+                        "--agent (default /etc/pki/hookvisor; or HOOKVISOR_PKI_DIR)")
+    parser.add_argument("--cert", type=Path, **kw, help="with --agent: a client certificate "
+                        "(`hookvisor pki issue`) (default: the host's, in --pki-dir)")
+    parser.add_argument("--key", type=Path, **kw,
+                        help="with --agent: the key of --cert (default: the host's, in --pki-dir)")
 
 
 def register(sub: Any) -> None:
@@ -204,23 +252,34 @@ def register(sub: Any) -> None:
     create.set_defaults(func=_guard(cmd_create))
 
     lst = verbs.add_parser("list", help="list VMs with status and custom properties")
-    lst.add_argument("vm_ids", nargs="*", metavar="VMID", help="only these VMs")
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("vm_ids", nargs="*", metavar="VM", help="only these VMs, by vmId or name")
+    lst.add_argument("--json", action="store_true", help="the reply as JSON")
     lst.set_defaults(func=_guard(cmd_list))
 
     stats = verbs.add_parser("stats", help="VM statistics")
-    stats.add_argument("vm_id", nargs="?", metavar="VMID", help="one VM (default: all)")
-    stats.add_argument("--json", action="store_true")
+    stats.add_argument("vm_id", nargs="?", metavar="VM",
+                       help="one VM, by vmId or name (default: all)")
+    stats.add_argument("--json", action="store_true", help="the reply as JSON")
     stats.set_defaults(func=_guard(cmd_stats))
 
     for verb, rpc_verb, help_text in (("destroy", "destroy", "stop a VM and forget it"),
                                       ("pause", "pause", "pause a VM"),
                                       ("cont", "cont", "continue a paused VM")):
         p = verbs.add_parser(verb, help=help_text)
-        p.add_argument("vm_id", metavar="VMID")
+        p.add_argument("vm_id", metavar="VM", help="vmId or name")
         p.set_defaults(func=_guard(_simple(rpc_verb)))
+
+    dump = verbs.add_parser("dumpxml", help="the domain XML the VM really got (after its "
+                            "hooks), as libvirt has it now")
+    dump.add_argument("vm", metavar="VM", help="vmId or name")
+    dump.set_defaults(func=_guard(cmd_dumpxml))
+
 
     # hibernate, restore, nic-add, ...: their own module (imported here: it uses this one).
     from hookvisor.cli import vm_live_cmd
 
     vm_live_cmd.register(verbs)
+
+    for verb_parser in verbs.choices.values():
+        add_client_options(verb_parser, after=True)
+        add_global_options(verb_parser)

@@ -38,7 +38,7 @@ def _show(args: argparse.Namespace, reply: dict[str, Any]) -> int:
 
 
 def cmd_hibernate(args: argparse.Namespace) -> int:
-    reply = call(args.agent, "hibernate", args.vm_id, str(args.path))
+    reply = call(args, "hibernate", args.vm_id, str(args.path))
     print(f"{args.vm_id}: {reply['status'].get('message', 'Done')} (saved to {args.path})")
     return 0
 
@@ -49,7 +49,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         params["vmId"] = args.vm_id
     if args.from_snapshot:
         params["restoreFromSnapshot"] = True
-    vm = call(args.agent, "create", params).get("vmList", {})
+    vm = call(args, "create", params).get("vmList", {})
     if args.json:
         _print_json(vm)
     else:
@@ -73,12 +73,12 @@ def cmd_nic_add(args: argparse.Namespace) -> int:
     if not args.xml and not args.nic:
         raise UsageError("nic-add: give NETWORK[,mac=..,PROP=..] or --xml FILE")
     device = parse_nic(args.nic) if args.nic else None
-    return _show(args, call(args.agent, "hotplugNic", _device_params(args, "nic", device)))
+    return _show(args, call(args, "hotplugNic", _device_params(args, "nic", device)))
 
 
 def cmd_nic_remove(args: argparse.Namespace) -> int:
     nic = {"macAddr": args.nic} if _MAC.match(args.nic) else {"alias": args.nic}
-    return _show(args, call(args.agent, "hotunplugNic", {"vmId": args.vm_id, "nic": nic}))
+    return _show(args, call(args, "hotunplugNic", {"vmId": args.vm_id, "nic": nic}))
 
 
 def cmd_disk_add(args: argparse.Namespace) -> int:
@@ -92,7 +92,7 @@ def cmd_disk_add(args: argparse.Namespace) -> int:
             drive["name"] = args.name
         if args.prop:
             drive["custom"] = _props(args.prop)
-    return _show(args, call(args.agent, "hotplugDisk", _device_params(args, "drive", drive)))
+    return _show(args, call(args, "hotplugDisk", _device_params(args, "drive", drive)))
 
 
 def cmd_disk_remove(args: argparse.Namespace) -> int:
@@ -103,7 +103,7 @@ def cmd_disk_remove(args: argparse.Namespace) -> int:
         drive = {"name": which}
     else:
         drive = {"alias": which}
-    return _show(args, call(args.agent, "hotunplugDisk", {"vmId": args.vm_id, "drive": drive}))
+    return _show(args, call(args, "hotunplugDisk", {"vmId": args.vm_id, "drive": drive}))
 
 
 def cmd_nic_update(args: argparse.Namespace) -> int:
@@ -115,7 +115,7 @@ def cmd_nic_update(args: argparse.Namespace) -> int:
         params["network"] = args.network
     if args.prop:
         params["custom"] = _props(args.prop)
-    return _show(args, call(args.agent, "vmUpdateDevice", args.vm_id, params))
+    return _show(args, call(args, "vmUpdateDevice", args.vm_id, params))
 
 
 def register(verbs: Any) -> None:

@@ -10,8 +10,12 @@ middle too big for difflib is shown as one replacement hunk. The text stops at
 from __future__ import annotations
 
 import difflib
+import json
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from xml.dom import minidom
+from xml.parsers.expat import ExpatError
 
 CONTEXT = 3
 _BLOCK = 1 << 16
@@ -116,3 +120,51 @@ def unified(before: bytes, after: bytes, name: str, cap: int) -> str:
 
 def was_cut(diff: str) -> bool:
     return diff.endswith(" bytes\n") and "\n\\ diff cut at " in "\n" + diff[-64:]
+
+
+# Past this size canonicalising costs more than the diff is worth: raw diff only.
+CANONICAL_MAX = 4 * 1024 * 1024
+
+
+def canonical(kind: str, data: bytes) -> bytes | None:
+    """The data in a form where only real changes differ; None if it cannot be read.
+
+    XML ("xml"): C14N 2.0 (attribute order and quoting, `<a/>` vs `<a></a>`,
+    entities, the `<?xml?>` declaration and comments all normalised; whitespace
+    between elements dropped), then one element per line. JSON ("json"): keys
+    sorted, two-space indent.
+    """
+    if len(data) > CANONICAL_MAX:
+        return None
+    try:
+        text = data.decode("utf-8")
+        if kind == "json":
+            return (json.dumps(json.loads(text), sort_keys=True, indent=2,
+                               ensure_ascii=False) + "\n").encode()
+        if kind != "xml":
+            return None
+        c14n = ET.canonicalize(xml_data=text, strip_text=True)
+        # minidom keeps the prefixes C14N wrote (ElementTree would rename them).
+        root = minidom.parseString(c14n).documentElement
+        if root is None:
+            return None
+        return root.toprettyxml(indent="  ").encode("utf-8")
+    except (ValueError, ET.ParseError, ExpatError, RecursionError):
+        return None
+
+
+def for_payload(kind: str, before: bytes, after: bytes, name: str,
+                cap: int) -> tuple[str, str]:
+    """(diff, raw diff) of a hook's edit.
+
+    The diff is of the canonical forms when both sides can be read (only real
+    changes; "" when the edit was formatting only); the raw diff, of the bytes
+    as they were, is kept beside it when it says something else. Data that
+    cannot be canonicalised: the raw diff is the diff, raw "".
+    """
+    raw = unified(before, after, name, cap)
+    a, b = canonical(kind, before), canonical(kind, after)
+    if a is None or b is None:
+        return raw, ""
+    diff = unified(a, b, name + " (canonical)", cap)
+    return diff, ("" if diff == raw else raw)

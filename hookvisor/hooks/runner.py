@@ -38,7 +38,7 @@ from hookvisor.hooks.environment import build_environment
 from hookvisor.hooks.identity import HookUser, HookUserError
 from hookvisor.hooks.launchflags import flags_dir
 from hookvisor.hooks.manifest import Manifest, ManifestCache, ManifestError
-from hookvisor.hooks.records import FAILED_OUTCOMES, RunRecord, RunRecords
+from hookvisor.hooks.records import FAILED_OUTCOMES, ChainInput, RunRecord, RunRecords
 from hookvisor.hooks.spawn import Child, Stream, close_streams, open_streams
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ class RunnerConfig:
     data_cap: int = DATA_CAP
     # Who hooks run as when the agent is root (None: as the agent, never switch).
     hook_user: str | None = "hookvisor"
+    # Bytes of a chain's input kept with its records (for a replay).
+    input_cap: int = 1024 * 1024
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunnerConfig:
@@ -91,6 +93,7 @@ class RunnerConfig:
             output_cap=settings.hook_output_cap,
             diff_cap=settings.hook_diff_cap,
             hook_user=settings.hook_user,
+            input_cap=settings.hook_input_cap,
         )
 
     def timeout_for(self, event: str, script: str, manifest: Manifest | None) -> float:
@@ -115,11 +118,12 @@ class ScriptRun:
     stderr: str = ""
     stdout_truncated: bool = False
     stderr_truncated: bool = False
-    diff: str = ""
+    diff: str = ""  # of the canonical forms (hookvisor.hooks.diffs.for_payload)
     message: str = ""  # what went wrong beyond rc and stderr (signal, invalid output, ...)
     ignored: bool = False  # manifest on_failure = "ignore": a failure is recorded, never vetoes
     stops_chain: bool = False
     pgid: int | None = None
+    raw_diff: str = ""  # of the bytes, when it differs from `diff`
 
     @property
     def failed(self) -> bool:
@@ -494,7 +498,8 @@ class HookRunner:
                 os.close(devnull)
             shutil.rmtree(directory, ignore_errors=True)
             self._finish_groups(chain_groups)
-            self._record(chain_id, ev, vm_id, runs)
+            self._record(chain_id, ev, vm_id, runs, ChainInput.of(
+                data, self.config.input_cap, vm_props, device_props, extra_env))
         vetoed = ev.vetoes and any(r.failed and not r.ignored for r in runs)
         out = final.decode("utf-8") if ev.modifies else data
         return ChainResult(chain_id, ev, vm_id, out, runs, vetoed, refused)
@@ -667,29 +672,30 @@ class HookRunner:
             message = "; ".join(m for m in (message, f"{bad}; its edits were discarded") if m)
         elif after is None:
             message = "; ".join(m for m in (message, "removed the data file") if m)
-        diff = ""
+        diff = raw_diff = ""
         if after is not None and after != current:
-            diff = diffs.unified(current, after, script.name, self.config.diff_cap)
+            diff, raw_diff = diffs.for_payload("json" if ev.payload is Payload.JSON else "xml",
+                                               current, after, script.name,
+                                               self.config.diff_cap)
         run = ScriptRun(
             script.name, ev.name, checksum, outcome, rc_out, duration, started,
             out.text(), err.text(), out.cut, err.cut,
             diff=diff, message=message, ignored=ignored,
-            stops_chain=stops, pgid=pid,
+            stops_chain=stops, pgid=pid, raw_diff=raw_diff,
         )
         return run, after
 
-    def _record(self, chain_id: str, ev: Event, vm_id: str | None, runs: list[ScriptRun]) -> None:
+    def _record(self, chain_id: str, ev: Event, vm_id: str | None, runs: list[ScriptRun],
+                chain: ChainInput | None = None) -> None:
         if self.records is None or not runs:
             return
         try:
             self.records.add(
-                RunRecord(
+                [RunRecord(
                     chain_id, r.started, ev.name, vm_id, r.script, r.checksum, r.outcome, r.rc,
                     r.duration, r.stdout, r.stdout_truncated, r.stderr, r.stderr_truncated,
-                    r.diff, r.message,
-                )
-                for r in runs
-            )
+                    r.diff, r.message, r.raw_diff,
+                ) for r in runs], chain)
         except (sqlite3.Error, OSError) as e:
             # Losing a record must never change what the operation does; it is
             # counted and reported (getVdsStats) with its real cause.

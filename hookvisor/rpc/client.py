@@ -117,7 +117,9 @@ class Address:
 
 def address_for(settings: Settings, agent: str | None = None,
                 insecure: bool = False) -> Address:
-    """The Unix socket of `settings` unless an `agent` HOST:PORT is given."""
+    """The Unix socket of `settings` unless an `agent` HOST:PORT is given (or set:
+    the `agent` setting, HOOKVISOR_AGENT)."""
+    agent = agent or settings.agent
     if agent:
         return Address(hostport=agent, insecure=insecure)
     return Address(socket=settings.socket_path())

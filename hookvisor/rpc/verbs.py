@@ -46,6 +46,7 @@ def verb_table(agent: Agent) -> dict[str, Verb]:
         Verb("hotunplugDisk", agent.hotunplug_disk, True, "vmList", changes=True),
         Verb("vmUpdateDevice", agent.vm_update_device, True, "vmList", changes=True),
         Verb("list", agent.list_vms, True, "vmList"),
+        Verb("dumpxmls", agent.dumpxmls, True, "domxmls"),
         Verb("getVmStats", agent.get_vm_stats, True, "statsList"),
         Verb("getAllVmStats", agent.get_all_vm_stats, True, "statsList"),
         Verb("getVdsCapabilities", agent.get_vds_capabilities, False, "info"),

@@ -19,7 +19,7 @@ MAC = "52:54:00:00:0d:01"
 
 def hv(agent: Any, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hookvisor", "vm", "--agent", f"127.0.0.1:{agent.port}", *args],
+        [sys.executable, "-m", "hookvisor", "vm", "--socket", str(agent.socket), *args],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )
 

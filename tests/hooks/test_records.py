@@ -54,10 +54,10 @@ def test_written_once_per_chain(hooks_dir: Path, make_runner: MakeRunner,
     calls: list[int] = []
     real = store.add
 
-    def add(runs: object) -> None:
+    def add(runs: object, chain: object = None) -> None:
         batch = list(runs)  # type: ignore[call-overload]
         calls.append(len(batch))
-        real(batch)
+        real(batch, chain)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store, "add", add)
     make_runner(records=store).run(EV, DOMAIN)

@@ -37,7 +37,14 @@ def test_chain_shares_the_data_in_order(hooks_dir: Path, make_runner: MakeRunner
     assert [r.outcome for r in result.runs] == ["ok", "ok"]
     assert '<memory unit="MiB">1024</memory>' in result.data
     assert '<rng model="virtio"/>' in result.data
-    assert "+<domain" in result.runs[0].diff and result.runs[0].diff.startswith("---")
+    # The diff is of the canonical XML: only the changed element, one per line;
+    # the raw bytes' diff (one long line rewritten) is kept beside it.
+    diff = result.runs[0].diff
+    assert diff.startswith("--- before 10_a (canonical)")
+    assert '-  <memory unit="MiB">512</memory>\n+  <memory unit="MiB">1024</memory>' in diff
+    assert "<domain" not in "".join(line for line in diff.splitlines() if line[:1] in "+-"
+                                    and not line.startswith(("---", "+++")))
+    assert "+<domain" in result.runs[0].raw_diff
 
 
 @pytest.mark.parametrize(

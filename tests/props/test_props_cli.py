@@ -44,7 +44,12 @@ def test_seed_vm_walkthrough(state: Path, capsys: pytest.CaptureFixture[str]) ->
         "UserDefinedVMProperties:  version: 4.8",  # the served version, empty
     ]
     rc, out, err = run(capsys, "-s", f"UserDefinedVMProperties={SEED_VM}", "--cver=4.0")
-    assert (rc, out, err) == (0, "", "")
+    # -s replaces the whole value (engine-config's semantics) and says what it replaced.
+    assert (rc, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].startswith("UserDefinedVMProperties version 4.0 (store ")
+    assert lines[1:] == ["  old: memory=^[0-9]+$",
+                         "  new: memory=^[0-9]+$;smartcard=^(true|false)$"]
     rc, out, _ = run(capsys, "-g", "UserDefinedVMProperties", "--cver=4.0")
     assert out == "UserDefinedVMProperties: memory=^[0-9]+$;smartcard=^(true|false)$ version: 4.0\n"
     rc, out, _ = run(capsys, "-g", "UserDefinedVMProperties", "--cver=3.6")

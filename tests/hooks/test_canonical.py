@@ -1,0 +1,88 @@
+"""Diffs of canonical XML/JSON (only real changes), raw diffs kept, chain inputs for replay."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from hookvisor.hooks.diffs import canonical, for_payload
+from hookvisor.hooks.records import REDACTED, ChainInput, RunRecord, RunRecords
+
+BEFORE = (b"<domain type='kvm'>\n  <name>x</name>\n  <devices/>\n"
+          b"  <description>a &quot;b&quot;</description>\n</domain>\n")
+# minidom's rewrite: a declaration, double quotes, `<devices />`, a bare `"`, one line.
+NOISE = (b'<?xml version="1.0" ?><domain type="kvm"><name>x</name><devices />'
+         b'<description>a "b"</description></domain>')
+
+
+def test_formatting_only_is_no_diff_but_raw_is_kept() -> None:
+    diff, raw = for_payload("xml", BEFORE, NOISE, "h", 10_000)
+    assert diff == ""
+    assert raw.startswith("--- before h") and "+<?xml" in raw
+
+
+def test_one_element_change_is_one_hunk_of_that_element() -> None:
+    after = NOISE.replace(b"</domain>", b"<numatune><memory mode='strict'/></numatune></domain>")
+    diff, raw = for_payload("xml", BEFORE, after, "h", 10_000)
+    changed = [line for line in diff.splitlines()
+               if line[:1] in "+-" and not line.startswith(("---", "+++"))]
+    assert changed == ["+  <numatune>", '+    <memory mode="strict"/>', "+  </numatune>"]
+    assert raw and raw != diff
+
+
+def test_json_normalised_and_unreadable_data_falls_back_to_raw() -> None:
+    diff, raw = for_payload("json", b'{"b": 1, "a": [1,2]}', b'{"a":[1,2],"b":2}', "j", 10_000)
+    assert [line for line in diff.splitlines() if line[:1] in "+-"][2:] == ['-  "b": 1',
+                                                                            '+  "b": 2']
+    diff, raw = for_payload("xml", b"<a>\n", b"<a>x\n", "bad", 10_000)
+    assert raw == "" and diff.startswith("--- before bad\n")
+    assert canonical("xml", b"<a><b/></a>") == b"<a>\n  <b/>\n</a>\n"
+
+
+def test_namespace_prefixes_survive_canonicalisation() -> None:
+    doc = (b"<domain xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+           b"<qemu:commandline><qemu:arg value='-x'/></qemu:commandline></domain>")
+    assert b"<qemu:arg value=\"-x\"/>" in (canonical("xml", doc) or b"")
+
+
+def _record(chain: str, diff: str = "", raw: str = "") -> RunRecord:
+    return RunRecord(chain, 1.0, "before_vm_start", None, "10_a", "c", "ok", 0, 0.1,
+                     "", False, "", False, diff, "", raw)
+
+
+def test_chain_input_kept_bounded_and_secrets_redacted(tmp_path: Path) -> None:
+    store = RunRecords(tmp_path / "r.sqlite", inputs_kept=2)
+    for i in range(3):
+        chain = ChainInput.of("é" * 10, 9, {"numa": "strict:0", "db_password": "hunter2"},
+                              {"extnet": "x"}, {"FROM_SNAPSHOT": "True"})
+        store.add([_record(f"chain{i}", "d", "r")], chain)
+    assert store.chain_input("chain0") is None  # only the newest 2 inputs are kept
+    kept = store.chain_input("chain2")
+    assert kept is not None
+    assert kept.data == "é" * 4 and kept.data_truncated  # cut on a character boundary
+    assert kept.vm_props == {"numa": "strict:0", "db_password": REDACTED}
+    assert kept.redacted() == ["db_password"] and kept.extras == {"FROM_SNAPSHOT": "True"}
+    # A chain id prefix, as the history table shows it, finds the chain.
+    [run] = store.query(chain_id="chain2")
+    assert (run.chain_id, run.raw_diff, run.origin) == ("chain2", "r", "agent")
+    assert len(store.query(chain_id="chai")) == 3 == len(list(store.iter_query(chain_id="ch")))
+    store.close()
+    assert RunRecords(tmp_path / "r.sqlite", origin="offline").query()[0].origin == "offline"
+
+
+def test_an_older_store_gains_the_raw_diff_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, chain_id TEXT NOT NULL, time REAL "
+                 "NOT NULL, event TEXT NOT NULL, vm_id TEXT, script TEXT NOT NULL, checksum "
+                 "TEXT NOT NULL, outcome TEXT NOT NULL, rc INTEGER, duration REAL NOT NULL, "
+                 "stdout TEXT NOT NULL, stdout_truncated INTEGER NOT NULL, stderr TEXT NOT "
+                 "NULL, stderr_truncated INTEGER NOT NULL, diff TEXT NOT NULL, message TEXT "
+                 "NOT NULL)")
+    conn.execute("INSERT INTO runs VALUES (1, 'c', 1, 'before_vm_start', NULL, 's', '', 'ok', "
+                 "0, 0, '', 0, '', 0, 'old diff', '')")
+    conn.commit()
+    conn.close()
+    store = RunRecords(path)
+    store.add([_record("new", "d", "raw")])
+    assert [(r.diff, r.raw_diff) for r in store.query()] == [("d", "raw"), ("old diff", "")]
