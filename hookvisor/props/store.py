@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -121,11 +122,32 @@ class PropertyStore:
             conn.execute("PRAGMA busy_timeout = 10000")
             with self._ready_lock:
                 if not self._ready:
-                    conn.execute("PRAGMA journal_mode = WAL")
-                    conn.execute(_SCHEMA)
+                    _set_up(conn)
                     self._ready = True
             self._local.conn = conn
         return conn
+
+
+def _set_up(conn: sqlite3.Connection, patience: float = 10.0) -> None:
+    """WAL mode and the schema, once per store.
+
+    Switching a new file to WAL needs it to itself, and SQLite answers a
+    concurrent switch "database is locked" at once rather than through the busy
+    timeout: several processes opening a new store together retry here.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.005
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(_SCHEMA)
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 @contextmanager
