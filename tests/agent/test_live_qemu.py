@@ -576,7 +576,7 @@ def test_hibernate_kill_the_agent_restore(live_dirs: Any, guest: Guest, serve_pr
     meta = dx.get_metadata(saved)
     assert meta is not None and meta.vm_props == {"tag": "blue"}
     assert meta.device_props == {f"interface:{MAC2}": {"speed": "42"}}
-    [vm] = first.api.list(True)["vmList"]
+    [vm] = first.api.list(True, [guest.vm_id])["vmList"]
     assert (vm["status"], vm["exitMessage"]) == ("Down", "SaveState")
     assert events(dirs) == [
         "before_vm_hibernate tag=blue speed= serial= root=domain fs=unset",
@@ -584,7 +584,7 @@ def test_hibernate_kill_the_agent_restore(live_dirs: Any, guest: Guest, serve_pr
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
 
     second = serve_process(QEMU_URI, ["--config", str(dirs.root / "agent.toml")])
-    assert second.api.list()["vmList"] == []
+    assert second.api.list(False, [guest.vm_id])["vmList"] == []
     reply = second.api.create({"vmId": guest.vm_id, "restoreState": str(image)})
     assert code(reply) == 0, reply
     assert reply["vmList"]["custom"] == {"tag": "blue"}
