@@ -67,8 +67,9 @@ def hibernate(ctx: Context, vm_id: object, handle: object) -> dict[str, Any]:
                         with contextlib.suppress(OSError):
                             path.unlink()
                     vm.set_status(_status_now(ctx, vm, before))
+                    why = " (cancelled by a destroy)" if vm.interrupt.is_set() else ""
                     raise VdsmError(Code.GENERAL, f"libvirt could not save VM {vm.vm_id} "
-                                    f"to {path}: {e}") from None
+                                    f"to {path}{why}: {e}") from None
                 vm.exit_code = 0
                 vm.exit_message = SAVE_STATE
                 vm.set_status(DOWN)

@@ -17,7 +17,7 @@ from hookvisor.agent.context import Context
 from hookvisor.agent.hookcalls import HookSetupError, describe_os_error, family
 from hookvisor.agent.params import CreateRequest, parse_create
 from hookvisor.agent.policy import ClientPolicy
-from hookvisor.agent.vm import DESTROYING, DOWN, PAUSED, STARTING, UP, Vm
+from hookvisor.agent.vm import DESTROYING, DOWN, HIBERNATING, PAUSED, STARTING, UP, Vm
 from hookvisor.errors import Code, VdsmError
 from hookvisor.hooks import launchflags
 from hookvisor.props.errors import PropertyError
@@ -276,6 +276,13 @@ def destroy(ctx: Context, vm_id: object) -> dict[str, Any]:
     target = ctx.registry.get(vm_id)
     target.interrupt.set()
     ctx.removals.wake(target.vm_id)
+    if target.operation == HIBERNATING:
+        # A save can be cancelled (the guest runs on, then this destroy stops it).
+        try:
+            ctx.host.abort_job(target.vm_id)
+        except HostError as e:
+            log.info("VM %s: the save in progress could not be cancelled: %s",
+                     target.vm_id, e)
     try:
         result: dict[str, Any] = _locked(ctx, vm_id, body)
     finally:

@@ -514,6 +514,10 @@ class Host:
         self._call(uuid, lambda dom: dom.save(path))
         self.forget(uuid)
 
+    def abort_job(self, uuid: str) -> None:
+        """Cancel the domain's job in progress (a save): libvirt resumes the guest."""
+        self._call(uuid, lambda dom: dom.abortJob())
+
     def saved_xml(self, path: str) -> str:
         """The domain XML stored in a save image."""
         conn = self._current()

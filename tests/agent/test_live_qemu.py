@@ -576,7 +576,7 @@ def test_hibernate_kill_the_agent_restore(live_dirs: Any, guest: Guest, serve_pr
     meta = dx.get_metadata(saved)
     assert meta is not None and meta.vm_props == {"tag": "blue"}
     assert meta.device_props == {f"interface:{MAC2}": {"speed": "42"}}
-    [vm] = first.api.list(True)["vmList"]
+    [vm] = first.api.list(True, [guest.vm_id])["vmList"]
     assert (vm["status"], vm["exitMessage"]) == ("Down", "SaveState")
     assert events(dirs) == [
         "before_vm_hibernate tag=blue speed= serial= root=domain fs=unset",
@@ -584,7 +584,7 @@ def test_hibernate_kill_the_agent_restore(live_dirs: Any, guest: Guest, serve_pr
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
 
     second = serve_process(QEMU_URI, ["--config", str(dirs.root / "agent.toml")])
-    assert second.api.list()["vmList"] == []
+    assert second.api.list(False, [guest.vm_id])["vmList"] == []
     reply = second.api.create({"vmId": guest.vm_id, "restoreState": str(image)})
     assert code(reply) == 0, reply
     assert reply["vmList"]["custom"] == {"tag": "blue"}
@@ -600,3 +600,39 @@ def test_hibernate_kill_the_agent_restore(live_dirs: Any, guest: Guest, serve_pr
     assert events(dirs)[0] == ("before_nic_hotunplug tag=blue speed=42 serial= "
                                "root=interface fs=unset")
     assert second.stop() == 0
+
+
+def test_destroy_cancels_a_hibernation(live_dirs: Any, guest: Guest, serve_process: Any,
+                                       tiny_guest: TinyGuest) -> None:
+    """A save writes the guest's memory for a second or more: a destroy meanwhile
+    cancels it (libvirt's abortJob) rather than wait, and leaves no image."""
+    dirs = live_dirs
+    agent = start_agent(serve_process, dirs, guest)
+    vm_id = str(uuid.uuid4())
+    # Large (never touched, so cheap to host) for a save long enough to cancel.
+    xml = tiny_guest.xml(f"hvtest-cancel-{vm_id[:6]}", guest.images / "cancel.log", uuid=vm_id,
+                         memory_mib=8192)
+    assert code(agent.api.create({"xml": xml, "launchPaused": True})) == 0
+    image = guest.images / "cancelled.save"
+    # The save starts once before_vm_hibernate is done: the hook says when.
+    dirs.hook("before_vm_hibernate", "90_mark", f"touch {dirs.root}/saving\n")
+    result: dict[str, Any] = {}
+    saving = threading.Thread(target=lambda: result.update(
+        reply=agent.api.hibernate(vm_id, str(image))))
+    saving.start()
+    wait_for_file(dirs.root / "saving")
+    time.sleep(0.1)
+    assert code(agent.api.destroy(vm_id)) == 0
+    saving.join(60)
+    reply = result["reply"]
+    assert code(reply) == 100 and "cancelled by a destroy" in reply["status"]["message"], reply
+    assert not image.exists()
+    assert [e.split()[0] for e in events(dirs)] == ["before_vm_hibernate"]
+    assert agent.api.list(False, [vm_id])["vmList"] == []
+    conn = libvirt.open(QEMU_URI)
+    try:
+        with pytest.raises(libvirt.libvirtError):
+            conn.lookupByUUIDString(vm_id)
+    finally:
+        conn.close()
+    assert agent.stop() == 0
