@@ -28,6 +28,7 @@ from hookvisor.agent.context import Context
 from hookvisor.agent.hookcalls import Family, family
 from hookvisor.agent.lifecycle import client_policy, metadata_of
 from hookvisor.agent.params import _bool, _disk, _nic, _Problems, _props
+from hookvisor.agent.policy import check_device
 from hookvisor.agent.storage import allowed_path
 from hookvisor.agent.vm import HOTPLUGGING, PAUSED, UP, UPDATING, Vm
 from hookvisor.errors import Code, VdsmError
@@ -139,8 +140,12 @@ def _find(xml: str, tag: str, match: Callable[[ET.Element], bool]) -> ET.Element
     return None
 
 
-def _from_xml(text: Any, tag: str, code: Code) -> ET.Element:
-    """The `tag` device of a client's `xml` param: `<domain><devices>…` or the device."""
+def _from_xml(ctx: Context | None, text: Any, tag: str, code: Code) -> ET.Element:
+    """The `tag` device of a client's `xml` param: `<domain><devices>…` or the device.
+
+    With `ctx` (a device to attach) it is held to the client policy as a client's
+    whole domain is (agent/policy.py); without, it only names a device to unplug.
+    """
     if not isinstance(text, str):
         raise VdsmError(code, f"xml: expected a string, got {type(text).__name__}")
     try:
@@ -151,16 +156,18 @@ def _from_xml(text: Any, tag: str, code: Code) -> ET.Element:
         root.find(f"devices/{tag}") if root.tag == "domain" else None)
     if elem is None:
         raise VdsmError(code, f"xml: no <{tag}> device in it (root <{root.tag}>)")
-    _trusted(elem, code)
+    if ctx is not None:
+        problems = check_device(elem, client_policy(ctx))
+        if problems:
+            raise VdsmError(code, "xml: " + "; ".join(problems))
+        _trusted(elem, code)
     return elem
 
 
 def _trusted(elem: ET.Element, code: Code) -> None:
-    """Refuse what a client's device XML must not make libvirt (root) do.
-
-    A stopgap until client device XML goes through the trust-boundary policy
-    (agent/policy.py on main): no program to run (<script>), disks only as
-    files (checked against storage_dirs by the caller) or CD-ROMs without media.
+    """What a hot-plug refuses beyond the client policy: no program to run
+    (<script>), disks only as files (checked against storage_dirs by the caller)
+    or CD-ROMs without media: the policy does not look into network disks.
     """
     if elem.find(".//script") is not None:
         raise VdsmError(code, f"xml: <{elem.tag}> with a <script>: a client may not "
@@ -178,11 +185,11 @@ def _random_mac() -> str:
 # --- plug -------------------------------------------------------------------------
 
 
-def _new_nic(params: dict[str, Any], live: str) -> tuple[str, dict[str, str]]:
+def _new_nic(ctx: Context, params: dict[str, Any], live: str) -> tuple[str, dict[str, str]]:
     code = NIC.plug_code
     problems = _Problems()
     if params.get("xml") is not None:
-        elem = _from_xml(params["xml"], "interface", code)
+        elem = _from_xml(ctx, params["xml"], "interface", code)
         if elem.find("mac") is None:  # its identity for metadata and unplug
             ET.SubElement(elem, "mac", address=_random_mac())
         custom = _props(params.get("custom"), "custom", problems)
@@ -204,7 +211,7 @@ def _new_disk(ctx: Context, params: dict[str, Any], live: str) -> tuple[str, dic
     code = DISK.plug_code
     problems = _Problems()
     if params.get("xml") is not None:
-        elem = _from_xml(params["xml"], "disk", code)
+        elem = _from_xml(ctx, params["xml"], "disk", code)
         custom = _props(params.get("custom"), "custom", problems)
         source = elem.find("source")
         path = source.get("file") if source is not None else None
@@ -247,7 +254,7 @@ def hotplug(ctx: Context, params: Any, kind: Kind) -> dict[str, Any]:
     def body() -> dict[str, Any]:
         live = _known(ctx, vm, code)
         if kind is NIC:
-            xml, custom = _new_nic(params, live)
+            xml, custom = _new_nic(ctx, params, live)
         else:
             xml, custom = _new_disk(ctx, params, live)
         key = dx.device_key(dx.parse(xml, "device XML"))
@@ -286,7 +293,7 @@ def _which(params: dict[str, Any], kind: Kind) -> Callable[[ET.Element], bool]:
     """What names the device to unplug: alias, MAC (NIC), path or target name (disk)."""
     code = kind.unplug_code
     if params.get("xml") is not None:
-        elem = _from_xml(params["xml"], kind.tag, code)
+        elem = _from_xml(None, params["xml"], kind.tag, code)
         key = dx.device_key(elem)
         alias = dx.device_alias(elem)
         if key is None and alias is None:

@@ -140,6 +140,13 @@ def check_domain(root: ET.Element, policy: ClientPolicy) -> list[str]:
     return walk.problems
 
 
+def check_device(elem: ET.Element, policy: ClientPolicy) -> list[str]:
+    """Every reason a client's hot-plugged device `elem` may not be attached; [] if none."""
+    walk = _Walk(policy)
+    _check(elem, ["domain", "devices"], walk)
+    return walk.problems
+
+
 def _check(elem: ET.Element, parents: list[str], walk: _Walk) -> None:
     ns, local = _tag(elem)
     chain = [*parents, local]

@@ -117,7 +117,7 @@ def test_disk_failures(agent: Any, vm: str, dirs: Any, images: Path, tmp_path: P
     assert code(reply) == 45 and "storage_dirs" in reply["status"]["message"]
     reply = agent.api.hotplugDisk({"vmId": vm, "xml": "<disk type='block'>"
                                    "<source dev='/dev/sda'/><target dev='vdz'/></disk>"})
-    assert code(reply) == 45 and "only file disks" in reply["status"]["message"]
+    assert code(reply) == 45 and "outside storage_dirs" in reply["status"]["message"]
     reply = agent.api.hotunplugDisk({"vmId": vm, "drive": {"name": "vdq"}})
     assert code(reply) == 46 and "no such disk" in reply["status"]["message"]
     assert events(dirs) == []
@@ -154,6 +154,15 @@ def test_bad_params_are_refused_before_any_hook(agent: Any, vm: str, dirs: Any) 
         ("hotplugNic", {"vmId": vm, "xml": "<interface"}, 49, "not well-formed"),
         ("hotplugNic", {"vmId": vm, "xml": "<interface type='ethernet'><script path='/x'/>"
                         "</interface>"}, 49, "<script>"),
+        # The client policy holds for a plugged device as for a whole domain.
+        ("hotplugNic", {"vmId": vm, "xml": "<interface type='vhostuser'><source type='unix' "
+                        "path='/etc/hv-sock' mode='server'/><model type='virtio'/>"
+                        "</interface>"}, 49, "/etc/hv-sock"),
+        ("hotplugNic", {"vmId": vm, "xml": "<interface type='hostdev'><source><address "
+                        "type='pci' domain='0' bus='0' slot='1' function='0'/></source>"
+                        "</interface>"}, 49, "host device pass-through"),
+        ("hotplugDisk", {"vmId": vm, "xml": "<disk type='file'><source file='/etc/shadow'/>"
+                         "<target dev='vdz'/></disk>"}, 45, "/etc/shadow"),
         ("hotplugNic", {"vmId": vm}, 49, "nic:"),
         ("hotplugNic", ["not", "a", "struct"], 49, "params"),
         ("hotunplugNic", {"vmId": vm, "nic": {}}, 50, "macAddr or alias"),
