@@ -1,7 +1,7 @@
 """The warm executor for Python hooks: a pre-started, pre-warmed interpreter.
 
 Starting `python3` and importing minidom is most of a Python hook's time; it is
-the same every time. A zygote (helpers/_hookvisor_zygote.py) is that
+the same every time. A zygote (zygote_child/hookvisor_zygote.py) is that
 interpreter started once, as the hook user, from a clean fd table, with the
 modules hooks use imported and warmed. Per hook the runner sends it the
 script's path, argv[0] and environment with the hook's stdin/stdout/stderr
@@ -39,7 +39,9 @@ from hookvisor.hooks.identity import HookUser, can_reach
 
 log = logging.getLogger(__name__)
 
-CHILD_SCRIPT = Path(__file__).resolve().parent / "helpers" / "_hookvisor_zygote.py"
+# Run by the hook's interpreter (not the agent's), stdlib only; not among the
+# helpers, which are on every hook's PYTHONPATH.
+CHILD_SCRIPT = Path(__file__).resolve().parent / "zygote_child" / "hookvisor_zygote.py"
 # Architectures whose clone(2) the zygote knows.
 SUPPORTED = platform.machine() in ("x86_64", "aarch64")
 # Start-up (imports and the warm-up parse) on a loaded 2-core host.
@@ -270,6 +272,7 @@ class WarmPool:
         # Per key: consecutive failures and when a new start may be tried.
         self._retry: dict[Key, tuple[int, float]] = {}
         self._closed = False
+        self.spawned = 0  # hooks started warm (tests, diagnostics)
 
     def _get(self, key: Key, user: HookUser | None) -> Zygote:
         with self._lock:
@@ -325,6 +328,7 @@ class WarmPool:
             raise
         with self._lock:
             self._retry.pop(key, None)
+            self.spawned += 1
         return pid
 
     def pids(self) -> list[int]:
