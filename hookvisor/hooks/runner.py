@@ -286,6 +286,7 @@ class _Chain:
     devnull: int
     groups: groups.ChainGroups
     cwd: str = ""
+    umask: int | None = None  # read when a script first goes warm
 
 
 def _cwd() -> str:
@@ -370,9 +371,11 @@ class HookRunner:
         warm = self._warm_key(script, manifest, chain)
         if warm is not None:
             key, argv0 = warm
+            if chain.umask is None:
+                chain.umask = zygote.current_umask()
             try:
-                return self.warm.spawn(key, chain.user, str(script.path), argv0, chain.env_list,
-                                       chain.devnull, out_w, err_w)
+                return self.warm.spawn(key, chain.user, str(script.path), argv0, chain.umask,
+                                       chain.env_list, chain.devnull, out_w, err_w)
             except zygote.WarmUnavailable:
                 pass  # logged by the pool; nothing of the script ran
         return spawn_mod.spawn(str(script.path), chain.env, chain.env_list, chain.devnull,

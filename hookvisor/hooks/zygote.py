@@ -208,15 +208,15 @@ class Zygote:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
 
-    def spawn(self, path: str, argv0: str, env_list: list[bytes], stdin: int, stdout: int,
-              stderr: int) -> int:
+    def spawn(self, path: str, argv0: str, umask: int, env_list: list[bytes], stdin: int,
+              stdout: int, stderr: int) -> int:
         """The pid of the hook's process, our child, ready to run the script.
 
         OSError as spawn() raises it if the script cannot be executed;
         WarmUnavailable if the zygote could not start it (nothing of the
         script ran: run it cold).
         """
-        payload = b"\0".join([os.fsencode(path), os.fsencode(argv0), *env_list])
+        payload = b"\0".join([os.fsencode(path), os.fsencode(argv0), b"%o" % umask, *env_list])
         if len(payload) > REQUEST_MAX:
             raise WarmUnavailable("request too large")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -256,6 +256,19 @@ class Zygote:
                 _reap(pid)
                 raise WarmUnavailable("its child died before it ran the script")
             raise WarmUnavailable("it closed the request unanswered")
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it (os.umask() would, for
+    every thread, for a moment)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _reap(pid: int) -> None:
@@ -311,11 +324,11 @@ class WarmPool:
             self._note_failure(key, failures, why)
         z.close()
 
-    def spawn(self, key: Key, user: HookUser | None, path: str, argv0: str,
+    def spawn(self, key: Key, user: HookUser | None, path: str, argv0: str, umask: int,
               env_list: list[bytes], stdin: int, stdout: int, stderr: int) -> int:
         z = self._get(key, user)
         try:
-            pid = z.spawn(path, argv0, env_list, stdin, stdout, stderr)
+            pid = z.spawn(path, argv0, umask, env_list, stdin, stdout, stderr)
         except WarmUnavailable as e:
             with self._lock:
                 self._failed_locked(key, z, str(e))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import HOOK_PYTHON
+from support import HOOK_PYTHON, wait_for
 
 from hookvisor.hooks import identity, zygote
 from hookvisor.hooks.records import RunRecords
@@ -109,9 +109,12 @@ CORPUS: dict[str, tuple[str, str]] = {
         print([fd for fd in sorted(os.listdir('/proc/self/fd')) if int(fd) < 4],
               threading.active_count())
         print(threading.current_thread() is threading.main_thread(), gc.isenabled())
-        print(open('/proc/self/status').read().count('NoNewPrivs'), sys.stdout.line_buffering,
+        print(os.umask(0o22), open('/proc/self/status').read().count('NoNewPrivs'),
+              sys.stdout.line_buffering,
               sys.stdout.encoding, sys.stderr.errors, sys.stdin.isatty())
     """),
+    "unreadable": (EVENT, ""),  # see MODES
+    "unexecutable": (EVENT, ""),
     "unclosed": (EVENT, """
         import hooking, os
         doc = hooking.read_domxml()
@@ -146,6 +149,9 @@ CORPUS: dict[str, tuple[str, str]] = {
         print('child status', os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
     """),
 }
+
+# Executable but not readable; executable by its owner (root) only, not by the hook user.
+MODES = {"unreadable": 0o111, "unexecutable": 0o744}
 
 
 @pytest.fixture
@@ -200,13 +206,16 @@ def test_warm_and_cold_are_indistinguishable(name: str, tmp_path: Path,
     monkeypatch.setenv("agent_pid", str(os.getpid()))
     event, body = CORPUS[name]
     hooks_dir = tmp_path / "hooks"
-    _write(hooks_dir, event, f"10_{name}", body)
+    script = _write(hooks_dir, event, f"10_{name}", body or "print('never')\n")
+    script.chmod(MODES.get(name, 0o755))
     records = {w: RunRecords(tmp_path / f"state-{w}" / "hookruns.sqlite") for w in (True, False)}
     warm = _runner(hooks_dir, tmp_path / "run", True, pool, records[True])
     cold = _runner(hooks_dir, tmp_path / "run", False, records=records[False])
     # Twice each: the second warm run is a child of an already warm zygote.
     results = [_run(r, event) for r in (cold, warm, cold, warm)]
-    assert pool.spawned == 2
+    # (A script the hook user cannot execute goes as far as the zygote's child,
+    # which refuses it as execve(2) does: not counted as started.)
+    assert pool.spawned == (0 if name == "unexecutable" else 2)
     assert _observed(results[1]) == _observed(results[0])
     assert _observed(results[3]) == _observed(results[2])
     assert _observed(results[1]) == _observed(results[3])
@@ -224,10 +233,11 @@ def test_corpus_outcomes_are_what_a_real_interpreter_gives(tmp_path: Path,
     """The comparison above can only fail if the corpus exercises something:
     pin what a few of its scripts do, warm."""
     hooks_dir = tmp_path / "hooks"
-    expected = {"exit3": 3, "exit_big": 7, "exit_text": 1, "raise": 1, "signal": -9,
-                "interrupt": -2, "syntax": 1}
+    expected = {"unreadable": 2, "exit3": 3, "exit_big": 7, "exit_text": 1, "raise": 1,
+                "signal": -9, "interrupt": -2, "syntax": 1}
     for name in expected:
-        _write(hooks_dir, EVENT, f"10_{name}", CORPUS[name][1])
+        script = _write(hooks_dir, EVENT, f"10_{name}", CORPUS[name][1] or "pass\n")
+        script.chmod(MODES.get(name, 0o755))
         runner = _runner(hooks_dir, tmp_path / "run", True, pool)
         run = _run(runner, EVENT).runs[0]
         assert run.rc == expected[name], (name, run)
@@ -328,6 +338,14 @@ def test_the_zygote_killed_mid_chain(tmp_path: Path, pool: zygote.WarmPool,
     assert sum("warm executor" in r.message for r in caplog.records) == 1
 
 
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
 def test_a_dead_zygote_is_restarted(tmp_path: Path, pool: zygote.WarmPool,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(zygote, "RETRY_MIN", 0.0)
@@ -337,6 +355,7 @@ def test_a_dead_zygote_is_restarted(tmp_path: Path, pool: zygote.WarmPool,
     _run(runner, EVENT)
     (first,) = pool.pids()
     os.kill(first, signal.SIGKILL)
+    wait_for(lambda: _gone(first))
     assert _run(runner, EVENT).ok
     (second,) = pool.pids()
     assert second != first

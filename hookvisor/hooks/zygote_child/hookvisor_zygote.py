@@ -7,7 +7,7 @@ what Python hooks use (one parse and write of a sample domain XML, then
 gc.freeze(): lazy set-up and caches are then shared with every child, not
 redone), says hello, and then per request starts one hook:
 
-    request: "path\\0argv0\\0NAME=value\\0..." with 4 fds (SCM_RIGHTS):
+    request: "path\\0argv0\\0umask\\0NAME=value\\0..." with 4 fds (SCM_RIGHTS):
              reply socket, the hook's stdin, stdout, stderr
 
 The hook's process is created with clone(CLONE_PARENT): it is the agent's
@@ -255,22 +255,25 @@ def _child(cloner, control, request, fds):
             os.dup2(fd, target)
         fields = request.split(b"\0")
         path, argv0 = os.fsdecode(fields[0]), os.fsdecode(fields[1])
+        umask = int(fields[2], 8)
         os.environ.clear()  # unsetenv() each: the C environ follows
-        for item in fields[2:]:
+        for item in fields[3:]:
             name, _, value = item.partition(b"=")
             os.environb[name] = value
         if not os.access(path, os.X_OK):
+            # execve(2) would fail: the runner reports it as it does cold.
             os.write(reply, b"X%d:%d" % (os.getpid(), 13))
             os._exit(127)
+        os.umask(umask)
+        sys.argv[:] = [path]
+        sys.orig_argv[:] = [argv0, path]
+        sys.path[0] = os.path.dirname(os.path.realpath(path))
         try:
             with open(path, "rb") as f:
                 source = f.read()
         except OSError as e:
-            os.write(reply, b"X%d:%d" % (os.getpid(), e.errno or 5))
-            os._exit(127)
-        sys.argv[:] = [path]
-        sys.orig_argv[:] = [argv0, path]
-        sys.path[0] = os.path.dirname(os.path.realpath(path))
+            source = None
+            failure = e
         os.write(reply, b"R%d" % os.getpid())
         os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
     except BaseException:
@@ -278,6 +281,12 @@ def _child(cloner, control, request, fds):
     # gc stays enabled, as in a fresh interpreter: gc.freeze() above already
     # keeps collections off the zygote's objects (gc.disable() here measured
     # no faster on the 100-device hook, and would be observable).
+    if source is None:
+        # What the interpreter says and does when it cannot open its script.
+        sys.stderr.write(f"{argv0}: can't open file {path!r}: "
+                         f"[Errno {failure.errno}] {failure.strerror}\n")
+        sys.stderr.flush()
+        os._exit(2)
     status, interrupted = _run(path, source)
     _finish(status, interrupted)
 
