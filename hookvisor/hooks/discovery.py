@@ -189,12 +189,13 @@ class ChecksumCache:
 Installed = dict[str, dict[str, dict[str, str]]]
 
 
-def installed(hooks_dir: Path, cache: ChecksumCache | None = None) -> Installed:
+def installed(hooks_dir: Path, cache: ChecksumCache | None = None,
+              listings: ListingCache | None = None) -> Installed:
     """`{event: {script: {"checksum": sha256hex}}}` for the host capabilities report."""
     cache = cache or ChecksumCache()
     out: Installed = {}
     for event in EVENTS:
-        scripts = list_scripts(hooks_dir, event)
+        scripts = list_scripts(hooks_dir, event, listings)
         if scripts:
             out[event] = {s.name: {"checksum": cache.checksum(s)} for s in scripts}
     return out

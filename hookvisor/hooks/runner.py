@@ -322,7 +322,7 @@ class HookRunner:
         self.last_record_error = ""
 
     def installed(self) -> dict[str, dict[str, dict[str, str]]]:
-        return installed(self.config.hooks_dir, self._checksums)
+        return installed(self.config.hooks_dir, self._checksums, self._listings)
 
     def scripts(self, event: str) -> list[Script]:
         return list_scripts(self.config.hooks_dir, event, self._listings)
