@@ -184,6 +184,7 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     server.shutdown(settings.shutdown_timeout / 2)
     agent.close()
     hooks.run("after_vdsm_stop")
+    runner.close()
     records.close()
     props.close()
     log.info("stopped")

@@ -9,11 +9,13 @@ import os
 import signal
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from support import HOOK_PYTHON, wait_for
 
+from hookvisor.config import load_settings
 from hookvisor.hooks import identity, zygote
 from hookvisor.hooks.records import RunRecords
 from hookvisor.hooks.runner import ChainResult, HookRunner, RunnerConfig
@@ -274,11 +276,17 @@ def test_what_stays_cold(tmp_path: Path, pool: zygote.WarmPool) -> None:
     assert pool.pids() == []
 
 
-def test_setting_off_means_cold(tmp_path: Path, pool: zygote.WarmPool) -> None:
+@pytest.mark.parametrize("setting", [True, False])
+def test_the_setting(tmp_path: Path, pool: zygote.WarmPool, setting: bool) -> None:
     hooks_dir = tmp_path / "hooks"
     _write(hooks_dir, EVENT, "10_a", "print('a')\n")
-    result = _run(_runner(hooks_dir, tmp_path / "run", False, pool), EVENT)
-    assert result.ok and pool.spawned == 0
+    conf = tmp_path / "hookvisor.toml"
+    conf.write_text(f"warm_hooks = {str(setting).lower()}\n")
+    config = RunnerConfig.from_settings(load_settings(conf, environ={}))
+    runner = HookRunner(replace(config, hooks_dir=hooks_dir, run_dir=tmp_path / "run"))
+    runner.warm = pool
+    result = _run(runner, EVENT)
+    assert result.ok and pool.spawned == (1 if setting else 0)
 
 
 def test_a_hook_cannot_affect_the_next(tmp_path: Path, pool: zygote.WarmPool) -> None:
