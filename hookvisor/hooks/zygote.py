@@ -65,6 +65,10 @@ class WarmUnavailable(Exception):
     """The warm path cannot run this hook now; run it cold."""
 
 
+class NotWarmable(WarmUnavailable):
+    """This hook cannot go warm (the zygote is fine): run it cold."""
+
+
 @dataclass(frozen=True)
 class Key:
     """What a zygote's children inherit from its start."""
@@ -218,7 +222,7 @@ class Zygote:
         """
         payload = b"\0".join([os.fsencode(path), os.fsencode(argv0), b"%o" % umask, *env_list])
         if len(payload) > REQUEST_MAX:
-            raise WarmUnavailable("request too large")
+            raise NotWarmable("request too large")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with ours:
             try:
@@ -234,18 +238,23 @@ class Zygote:
                 while True:
                     msg = self._recv(ours, max(deadline - time.monotonic(), 0.0))
                     kind, body = msg[:1], msg[1:]
-                    if kind == b"R":
-                        return int(body)
-                    if kind == b"P":
-                        pid = int(body)
-                    elif kind == b"X":
-                        child, _, err = body.partition(b":")
-                        _reap(int(child))
-                        raise OSError(int(err), os.strerror(int(err)))
-                    elif kind == b"E":
-                        raise WarmUnavailable(f"clone failed: {os.strerror(int(body))}")
-                    else:
-                        break  # end of file: the zygote (or the child) died
+                    try:
+                        if kind == b"R":
+                            return int(body)
+                        if kind == b"P":
+                            pid = int(body)
+                        elif kind == b"X":
+                            child, _, err = body.partition(b":")
+                            _reap(int(child))
+                            raise OSError(int(err), os.strerror(int(err)))
+                        elif kind == b"E":
+                            raise WarmUnavailable(f"clone failed: {os.strerror(int(body))}")
+                        elif msg:
+                            raise WarmUnavailable(f"unexpected answer {msg[:40]!r}")
+                        else:
+                            break  # end of file: the zygote (or the child) died
+                    except ValueError:
+                        raise WarmUnavailable(f"unexpected answer {msg[:40]!r}") from None
             except WarmUnavailable:
                 if pid is not None:
                     with contextlib.suppress(ProcessLookupError):
@@ -329,6 +338,8 @@ class WarmPool:
         z = self._get(key, user)
         try:
             pid = z.spawn(path, argv0, umask, env_list, stdin, stdout, stderr)
+        except NotWarmable:
+            raise
         except WarmUnavailable as e:
             with self._lock:
                 self._failed_locked(key, z, str(e))

@@ -122,13 +122,31 @@ def _sample_domain():
     )
 
 
+def _ours(name):
+    """Whether `name` imports from hookvisor's helpers (not, say, a real VDSM's:
+    importing that here could have side effects a hook would not expect)."""
+    from importlib.util import find_spec
+
+    helpers = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "helpers") + os.sep
+    try:
+        spec = find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and (spec.origin or "").startswith(helpers)
+
+
 def _warm():
     """Import and exercise what hooks use, so that children share it."""
     import json
     import xml.dom.minidom  # noqa: F401
 
-    import hooking
-    from vdsm.hook import hooking as _alias  # noqa: F401
+    if _ours("hooking"):
+        import hooking
+
+        hooking.tobool("true")
+    if _ours("vdsm"):
+        from vdsm.hook import hooking as _alias  # noqa: F401
 
     for name in ("subprocess", "tempfile", "shutil", "traceback", "linecache", "re",
                  "importlib.machinery", "atexit"):
@@ -147,7 +165,6 @@ def _warm():
     doc.toprettyxml(encoding="utf-8")
     doc.unlink()
     json.dumps(json.loads('{"a": [1, 2.5, "x", null, true], "b": {"c": "d"}}'), indent=2)
-    hooking.tobool("true")
 
 
 # --- in the child -----------------------------------------------------------------
