@@ -348,21 +348,22 @@ class HookRunner:
         return value
 
     def _warm_key(self, script: Script, manifest: Manifest | None,
-                  chain: _Chain) -> tuple[zygote.Key, str] | None:
-        """The zygote that may run `script` and its argv[0]; None: run it cold."""
+                  chain: _Chain) -> tuple[zygote.Key, str, bytes] | None:
+        """The zygote that may run `script`, its argv[0] and #! line; None: run it cold."""
         if not self.config.warm_hooks or not zygote.SUPPORTED:
             return None
         if manifest is not None and not manifest.warm:
             return None
         if chain.user is None and identity.can_switch():
             return None  # a hook that runs as root (vdsm start/stop): never a root zygote
-        target = zygote.warm_target(self._shebang(script), chain.env, chain.user)
-        if target is None:
+        shebang = self._shebang(script)
+        target = zygote.warm_target(shebang, chain.env, chain.user)
+        if target is None or shebang is None:
             return None
         interpreter, argv0 = target
         key = zygote.Key(interpreter, chain.user.uid if chain.user is not None else None,
                          zygote.startup_env(chain.env), chain.cwd)
-        return key, argv0
+        return key, argv0, shebang.line
 
     def _spawn(self, script: Script, manifest: Manifest | None, chain: _Chain, out_w: int,
                err_w: int) -> int:
@@ -370,12 +371,12 @@ class HookRunner:
         leader of its own process group. OSError if it cannot be executed."""
         warm = self._warm_key(script, manifest, chain)
         if warm is not None:
-            key, argv0 = warm
+            key, argv0, line = warm
             if chain.umask is None:
                 chain.umask = zygote.current_umask()
             try:
                 return self.warm.spawn(key, chain.user, str(script.path), argv0, chain.umask,
-                                       chain.env_list, chain.devnull, out_w, err_w)
+                                       line, chain.env_list, chain.devnull, out_w, err_w)
             except zygote.WarmUnavailable:
                 pass  # logged by the pool; nothing of the script ran
         return spawn_mod.spawn(str(script.path), chain.env, chain.env_list, chain.devnull,

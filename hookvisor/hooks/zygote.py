@@ -90,6 +90,7 @@ def startup_env(env: dict[str, str]) -> tuple[tuple[str, str], ...]:
 class Shebang:
     interpreter: bytes
     arg: bytes | None
+    line: bytes = b""  # the whole first line, as read
 
 
 def read_shebang(path: str) -> Shebang | None:
@@ -103,12 +104,13 @@ def read_shebang(path: str) -> Shebang | None:
     if not head.startswith(b"#!"):
         return None
     line, newline, _ = head[2:].partition(b"\n")
-    if not newline or b"\r" in line:
+    if not newline or b"\r" in line or b"\0" in line:
         return None
+    first = b"#!" + line
     line = line.strip(b" \t")
     interp, _, rest = line.replace(b"\t", b" ").partition(b" ")
     rest = rest.strip(b" ")
-    return Shebang(interp, rest or None) if interp else None
+    return Shebang(interp, rest or None, first) if interp else None
 
 
 def _executable_by(path: str, user: HookUser | None) -> bool:
@@ -212,15 +214,16 @@ class Zygote:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
 
-    def spawn(self, path: str, argv0: str, umask: int, env_list: list[bytes], stdin: int,
-              stdout: int, stderr: int) -> int:
+    def spawn(self, path: str, argv0: str, umask: int, shebang: bytes, env_list: list[bytes],
+              stdin: int, stdout: int, stderr: int) -> int:
         """The pid of the hook's process, our child, ready to run the script.
 
         OSError as spawn() raises it if the script cannot be executed;
         WarmUnavailable if the zygote could not start it (nothing of the
         script ran: run it cold).
         """
-        payload = b"\0".join([os.fsencode(path), os.fsencode(argv0), b"%o" % umask, *env_list])
+        payload = b"\0".join([os.fsencode(path), os.fsencode(argv0), b"%o" % umask, shebang,
+                              *env_list])
         if len(payload) > REQUEST_MAX:
             raise NotWarmable("request too large")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -247,6 +250,9 @@ class Zygote:
                             child, _, err = body.partition(b":")
                             _reap(int(child))
                             raise OSError(int(err), os.strerror(int(err)))
+                        elif kind == b"N":
+                            _reap(int(body))
+                            raise NotWarmable("the script changed meanwhile")
                         elif kind == b"E":
                             raise WarmUnavailable(f"clone failed: {os.strerror(int(body))}")
                         elif msg:
@@ -334,10 +340,11 @@ class WarmPool:
         z.close()
 
     def spawn(self, key: Key, user: HookUser | None, path: str, argv0: str, umask: int,
-              env_list: list[bytes], stdin: int, stdout: int, stderr: int) -> int:
+              shebang: bytes, env_list: list[bytes], stdin: int, stdout: int,
+              stderr: int) -> int:
         z = self._get(key, user)
         try:
-            pid = z.spawn(path, argv0, umask, env_list, stdin, stdout, stderr)
+            pid = z.spawn(path, argv0, umask, shebang, env_list, stdin, stdout, stderr)
         except NotWarmable:
             raise
         except WarmUnavailable as e:

@@ -421,3 +421,24 @@ def test_the_zygote_holds_no_descriptor_of_the_agent(tmp_path: Path,
     assert [os.readlink(f"/proc/{zpid}/fd/{fd}") for fd in fds[:3]] == ["/dev/null"] * 3
     with open(f"/proc/{zpid}/status") as f:
         assert next(line for line in f if line.startswith("Threads:")).split()[1] == "1"
+
+
+def test_a_script_replaced_after_its_shebang_was_read_runs_cold(tmp_path: Path,
+                                                                pool: zygote.WarmPool) -> None:
+    """The agent chose the warm path from the #! line it read; the child checks
+    the line of what it is about to run and hands back one that changed."""
+    hooks_dir = tmp_path / "hooks"
+    python_body = "print('python')\n"
+    script = _write(hooks_dir, EVENT, "10_a", python_body)
+    runner = _runner(hooks_dir, tmp_path / "run", True, pool)
+    assert _run(runner, EVENT).runs[0].stdout == "python\n"
+    st = script.stat()
+    shell = "#!/bin/sh\necho shell\n"
+    shell = shell + "#" * (len(HEAD + python_body) - len(shell) - 1) + "\n"
+    assert len(shell) == st.st_size
+    script.write_text(shell)
+    os.utime(script, ns=(st.st_atime_ns, st.st_mtime_ns))  # the agent's caches see no change
+    run = _run(runner, EVENT).runs[0]
+    assert (run.outcome, run.stdout) == ("ok", "shell\n")
+    assert pool.spawned == 1
+    assert pool.pids()  # the zygote is fine and kept

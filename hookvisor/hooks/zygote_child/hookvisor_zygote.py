@@ -7,7 +7,7 @@ what Python hooks use (one parse and write of a sample domain XML, then
 gc.freeze(): lazy set-up and caches are then shared with every child, not
 redone), says hello, and then per request starts one hook:
 
-    request: "path\\0argv0\\0umask\\0NAME=value\\0..." with 4 fds (SCM_RIGHTS):
+    request: "path\\0argv0\\0umask\\0#!line\\0NAME=value\\0..." with 4 fds (SCM_RIGHTS):
              reply socket, the hook's stdin, stdout, stderr
 
 The hook's process is created with clone(CLONE_PARENT): it is the agent's
@@ -15,7 +15,9 @@ child, not ours, exactly as a hook the agent spawned cold (getppid() is the
 agent, the agent reaps it, a pidfd on it works, and our death loses nothing).
 On the reply socket we send "P<pid>" (or "E<errno>" if clone failed); the
 child, once it is in its own process group with its environment and streams,
-sends "R<pid>" (or "X<errno>" if the script cannot be read, then exits 127),
+sends "R<pid>" (or "X<pid>:<errno>" if the hook user may not execute the
+script, "N<pid>" if its #! line is no longer the one the agent read; then it
+exits 127),
 closes every other descriptor and runs the script as `python3 path` would.
 
 Single-threaded whenever it clones; not dumpable (a hook, running as the same
@@ -277,8 +279,9 @@ def _child(cloner, control, request, fds):
         fields = request.split(b"\0")
         path, argv0 = os.fsdecode(fields[0]), os.fsdecode(fields[1])
         umask = int(fields[2], 8)
+        shebang = fields[3]
         os.environ.clear()  # unsetenv() each: the C environ follows
-        for item in fields[3:]:
+        for item in fields[4:]:
             name, _, value = item.partition(b"=")
             os.environb[name] = value
         if not os.access(path, os.X_OK):
@@ -295,6 +298,12 @@ def _child(cloner, control, request, fds):
         except OSError as e:
             source = None
             failure = e
+        else:
+            if source.split(b"\n", 1)[0] != shebang:
+                # Replaced since the agent chose the warm path for it: let the
+                # kernel read its #! line (nothing of it ran here).
+                os.write(reply, b"N%d" % os.getpid())
+                os._exit(127)
         os.write(reply, b"R%d" % os.getpid())
         os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
     except BaseException:
