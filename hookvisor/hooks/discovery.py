@@ -90,15 +90,16 @@ class ListingCache:
     def listing(self, directory: str, st: os.stat_result) -> _Listing:
         """The listing of `directory`, whose stat (taken before) is `st`."""
         key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        # git's "racily clean" rule: stat before reading, and trust nothing whose
+        # time is too recent to tell a later change in the same tick apart.
+        settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_WINDOW_NS
         with self._lock:
             hit = self._cache.get(directory)
-        if hit is not None and hit[0] == key:
+        if settled and hit is not None and hit[0] == key:
             return hit[1]
         listing = _scan(directory)
         self.scans += 1
-        # git's "racily clean" rule: stat before reading, and keep nothing whose
-        # time is too recent to tell a later change in the same tick apart.
-        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_WINDOW_NS:
+        if settled:
             with self._lock:
                 self._cache[directory] = (key, listing)
         else:
