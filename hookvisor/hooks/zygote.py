@@ -252,6 +252,7 @@ class Zygote:
                             raise OSError(int(err), os.strerror(int(err)))
                         elif kind == b"N":
                             _reap(int(body))
+                            pid = None  # reaped: its pid may be anyone's now
                             raise NotWarmable("the script changed meanwhile")
                         elif kind == b"E":
                             raise WarmUnavailable(f"clone failed: {os.strerror(int(body))}")
