@@ -22,7 +22,13 @@ from hookvisor.hooks.runner import ChainResult, HookRunner, RunnerConfig
 
 from .util import DOMAIN, UUID, group_alive
 
-pytestmark = pytest.mark.skipif(not zygote.SUPPORTED, reason="no clone(2) support here")
+pytestmark = [
+    pytest.mark.skipif(not zygote.SUPPORTED, reason="no clone(2) support here"),
+    # As root (CI) HOOK_PYTHON is /usr/bin/python3; a venv's `python` is not
+    # a name the warm path takes (it could be Python 2 on an old host).
+    pytest.mark.skipif(zygote.warm_target(zygote.Shebang(os.fsencode(HOOK_PYTHON), None), {})
+                       is None, reason=f"{HOOK_PYTHON} is not named python3*"),
+]
 
 EVENT = "before_vm_start"
 HEAD = f"#!{HOOK_PYTHON}\n"
@@ -442,3 +448,43 @@ def test_a_script_replaced_after_its_shebang_was_read_runs_cold(tmp_path: Path,
     assert (run.outcome, run.stdout) == ("ok", "shell\n")
     assert pool.spawned == 1
     assert pool.pids()  # the zygote is fine and kept
+
+
+@pytest.mark.parametrize(("first_line", "expected"), [
+    (f"#!{HOOK_PYTHON}", (HOOK_PYTHON, HOOK_PYTHON)),
+    (f"#! {HOOK_PYTHON}  ", (HOOK_PYTHON, HOOK_PYTHON)),
+    (f"#!{HOOK_PYTHON} -u", None),  # an interpreter option
+    (f"#!{HOOK_PYTHON} -S", None),
+    ("#!/usr/bin/env python3 -u", None),  # env passes "python3 -u" as one name
+    ("#!/usr/bin/env -S python3", None),
+    ("#!/bin/sh", None),
+    ("#!/usr/bin/perl", None),
+    ("#!python3", None),  # relative: the kernel would not run it
+    (f"#!{HOOK_PYTHON}\r", None),  # CRLF: the kernel looks for "python3\r"
+    ("import os", None),
+])
+def test_which_first_lines_go_warm(tmp_path: Path, first_line: str,
+                                   expected: tuple[str, str] | None) -> None:
+    script = tmp_path / "hook"
+    script.write_bytes(first_line.encode() + b"\nprint(1)\n")
+    shebang = zygote.read_shebang(str(script))
+    assert zygote.warm_target(shebang, {"PATH": "/usr/bin:/bin"}) == expected
+    if expected is not None:
+        assert shebang is not None and shebang.line == first_line.encode()
+
+
+def test_env_resolution_follows_path_and_skips_what_the_user_cannot_run(
+        tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    private, public = tmp_path / "private", tmp_path / "public"
+    for d in (private, public):
+        d.mkdir()
+        os.symlink(HOOK_PYTHON, d / "python3")
+    shebang = zygote.Shebang(b"/usr/bin/env", b"python3")
+    env = {"PATH": f"{private}:{public}:/usr/bin"}
+    assert zygote.warm_target(shebang, env) == (f"{private}/python3", "python3")
+    if identity.can_switch():
+        private.chmod(0o700)  # root's: the hook user's execvp skips it
+        user = identity.lookup("hookvisor")
+        assert zygote.warm_target(shebang, env, user) == (f"{public}/python3", "python3")
+    assert zygote.warm_target(shebang, {"PATH": str(tmp_path / "none")}) is None
