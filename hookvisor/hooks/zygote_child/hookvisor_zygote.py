@@ -82,6 +82,30 @@ class _Cloner:
         self._api = ctypes.pythonapi
         self._c_long = ctypes.c_long
 
+    def set_environ(self, items):
+        """The process's environment becomes `items` (b"NAME=value"), at C level
+        and in os.environ, in that order, as execve(2) would have set it.
+
+        One assignment of libc's `environ` to a new array instead of an
+        unsetenv() and a putenv() per variable (0.3 ms for 35 variables in a
+        fresh child, whose every write is a copy-on-write fault). glibc's
+        setenv() copies an array it did not allocate before changing it, so a
+        hook's own os.environ[...] = ... and putenv() work as usual.
+        """
+        import ctypes
+
+        items = [item for item in items if b"=" in item]
+        array = (ctypes.c_char_p * (len(items) + 1))(*items, None)
+        global _ENVIRON
+        _ENVIRON = array  # the strings must live as long as the process
+        ctypes.c_void_p.in_dll(self._libc, "environ").value = ctypes.addressof(array)
+        data = os.environ._data
+        data.clear()
+        for item in items:
+            name, _, value = item.partition(b"=")
+            if name not in data:  # getenv(3) finds the first of duplicates
+                data[name] = value
+
     def dumpable(self, flag):
         self._libc.prctl(_PR_SET_DUMPABLE, int(flag), 0, 0, 0)
 
@@ -280,10 +304,7 @@ def _child(cloner, control, request, fds):
         path, argv0 = os.fsdecode(fields[0]), os.fsdecode(fields[1])
         umask = int(fields[2], 8)
         shebang = fields[3]
-        os.environ.clear()  # unsetenv() each: the C environ follows
-        for item in fields[4:]:
-            name, _, value = item.partition(b"=")
-            os.environb[name] = value
+        cloner.set_environ(fields[4:])
         if not os.access(path, os.X_OK):
             # execve(2) would fail: the runner reports it as it does cold.
             os.write(reply, b"X%d:%d" % (os.getpid(), 13))
@@ -349,6 +370,7 @@ def _serve(cloner, control):
 
 
 control_fd = -1
+_ENVIRON = None
 
 
 def main():
