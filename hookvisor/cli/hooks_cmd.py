@@ -413,8 +413,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     records = None if args.no_record else _open_records(settings, err)
     try:
         with _temp_run_dir() as run_dir, _quiet_engine_log():
+            # One chain, then exit: a zygote's start-up would cost more than it saves.
             config = replace(RunnerConfig.from_settings(settings), run_dir=run_dir,
-                             launchflags_dir=None)
+                             launchflags_dir=None, warm_hooks=False)
             if args.timeout is not None:
                 config = replace(config, default_timeout=args.timeout, event_timeouts={},
                                  script_timeouts={})
