@@ -4,6 +4,7 @@ through it, and a zygote that dies costs nothing but speed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -488,3 +489,22 @@ def test_env_resolution_follows_path_and_skips_what_the_user_cannot_run(
         user = identity.lookup("hookvisor")
         assert zygote.warm_target(shebang, env, user) == (f"{public}/python3", "python3")
     assert zygote.warm_target(shebang, {"PATH": str(tmp_path / "none")}) is None
+
+
+def test_a_zygote_that_does_not_answer_is_replaced(tmp_path: Path, pool: zygote.WarmPool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zygote, "REPLY_TIMEOUT", 0.5)
+    hooks_dir = tmp_path / "hooks"
+    _write(hooks_dir, EVENT, "10_a", "print('a')\n")
+    runner = _runner(hooks_dir, tmp_path / "run", True, pool)
+    _run(runner, EVENT)
+    (stuck,) = pool.pids()
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        result = _run(runner, EVENT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGCONT)
+    assert result.runs[0].stdout == "a\n"  # cold, once
+    assert pool.spawned == 1 and pool.pids() == []
+    wait_for(lambda: _gone(stuck))  # killed, not left stopped
