@@ -307,7 +307,10 @@ def _child(cloner, control, request, fds):
         cloner.set_environ(fields[4:])
         if not os.access(path, os.X_OK):
             # execve(2) would fail: the runner reports it as it does cold.
-            os.write(reply, b"X%d:%d" % (os.getpid(), 13))
+            import errno
+
+            err = errno.EACCES if os.path.lexists(path) else errno.ENOENT
+            os.write(reply, b"X%d:%d" % (os.getpid(), err))
             os._exit(127)
         os.umask(umask)
         sys.argv[:] = [path]
