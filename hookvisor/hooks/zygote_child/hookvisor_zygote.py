@@ -307,9 +307,11 @@ def _child(cloner, control, request, fds):
         cloner.set_environ(fields[4:])
         if not os.access(path, os.X_OK):
             # execve(2) would fail: the runner reports it as it does cold.
-            import errno
-
-            err = errno.EACCES if os.path.lexists(path) else errno.ENOENT
+            try:
+                os.stat(path)
+                err = 13  # EACCES: there, but not executable by this user
+            except OSError as e:
+                err = e.errno or 13
             os.write(reply, b"X%d:%d" % (os.getpid(), err))
             os._exit(127)
         os.umask(umask)
