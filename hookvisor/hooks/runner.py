@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from hookvisor.hooks import diffs, groups, identity, validation, zygote
 from hookvisor.hooks import spawn as spawn_mod
-from hookvisor.hooks.catalogue import Event, Payload, get_event
+from hookvisor.hooks.catalogue import EVENTS, Event, Payload, get_event
 from hookvisor.hooks.discovery import (
     ChecksumCache,
     ListingCache,
@@ -331,6 +331,46 @@ class HookRunner:
         """Stop the warm executors (they also exit on their own once the runner is gone)."""
         self.warm.close()
 
+    def prewarm(self) -> threading.Thread | None:
+        """Start, in the background, the zygotes the installed Python hooks will
+        use, so that the first of them does not wait for one (about 80 ms).
+        The thread, or None when there is nothing to start."""
+        if not self.config.warm_hooks or not zygote.SUPPORTED:
+            return None
+        ev = get_event("before_vm_start")  # any event that is not clean_env: same start-up
+        try:
+            user = self.hook_user(ev)
+            listed = [s for e in EVENTS for s in self.scripts(e)]
+        except (HookUserError, OSError):
+            return None
+        env = build_environment(
+            ev, base_env=os.environ if self.config.base_env is None else self.config.base_env,
+        ).env
+        if user is not None:
+            env.update(user.env())
+        cwd = _cwd()
+        keys: dict[zygote.Key, None] = {}
+        for script in listed:
+            manifest = None
+            if script.manifest is not None:
+                try:
+                    manifest = self._manifests.load(script.manifest)
+                except ManifestError:
+                    continue
+            warm = self._warm_key(script, manifest, user, env, cwd)
+            if warm is not None:
+                keys[warm[0]] = None
+        if not keys:
+            return None
+
+        def start() -> None:
+            for key in list(keys)[:zygote.MAX_ZYGOTES]:
+                self.warm.prestart(key, user)
+
+        thread = threading.Thread(target=start, name="hook-prewarm", daemon=True)
+        thread.start()
+        return thread
+
     # --- how a script is started ----------------------------------------------------
 
     def _shebang(self, script: Script) -> zygote.Shebang | None:
@@ -347,29 +387,29 @@ class HookRunner:
             self._shebangs[path] = (key, value)
         return value
 
-    def _warm_key(self, script: Script, manifest: Manifest | None,
-                  chain: _Chain) -> tuple[zygote.Key, str, bytes] | None:
+    def _warm_key(self, script: Script, manifest: Manifest | None, user: HookUser | None,
+                  env: dict[str, str], cwd: str) -> tuple[zygote.Key, str, bytes] | None:
         """The zygote that may run `script`, its argv[0] and #! line; None: run it cold."""
         if not self.config.warm_hooks or not zygote.SUPPORTED:
             return None
         if manifest is not None and not manifest.warm:
             return None
-        if chain.user is None and identity.can_switch():
+        if user is None and identity.can_switch():
             return None  # a hook that runs as root (vdsm start/stop): never a root zygote
         shebang = self._shebang(script)
-        target = zygote.warm_target(shebang, chain.env, chain.user)
+        target = zygote.warm_target(shebang, env, user)
         if target is None or shebang is None:
             return None
         interpreter, argv0 = target
-        key = zygote.Key(interpreter, chain.user.uid if chain.user is not None else None,
-                         zygote.startup_env(chain.env), chain.cwd)
+        key = zygote.Key(interpreter, user.uid if user is not None else None,
+                         zygote.startup_env(env), cwd)
         return key, argv0, shebang.line
 
     def _spawn(self, script: Script, manifest: Manifest | None, chain: _Chain, out_w: int,
                err_w: int) -> int:
         """Start the script (warm if it may, else cold); its pid, our child, the
         leader of its own process group. OSError if it cannot be executed."""
-        warm = self._warm_key(script, manifest, chain)
+        warm = self._warm_key(script, manifest, chain.user, chain.env, chain.cwd)
         if warm is not None:
             key, argv0, line = warm
             if chain.umask is None:

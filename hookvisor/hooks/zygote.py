@@ -363,6 +363,11 @@ class WarmPool:
             self.spawned += 1
         return pid
 
+    def prestart(self, key: Key, user: HookUser | None) -> None:
+        """Start the zygote for `key` now if none runs (failures logged, as on use)."""
+        with contextlib.suppress(WarmUnavailable):
+            self._get(key, user)
+
     def pids(self) -> list[int]:
         """The running zygotes' pids (tests, diagnostics)."""
         with self._lock:

@@ -508,3 +508,27 @@ def test_a_zygote_that_does_not_answer_is_replaced(tmp_path: Path, pool: zygote.
     assert result.runs[0].stdout == "a\n"  # cold, once
     assert pool.spawned == 1 and pool.pids() == []
     wait_for(lambda: _gone(stuck))  # killed, not left stopped
+
+
+def test_prewarm_starts_the_zygote_the_installed_hooks_use(tmp_path: Path,
+                                                           pool: zygote.WarmPool) -> None:
+    hooks_dir = tmp_path / "hooks"
+    _write(hooks_dir, EVENT, "10_a", "print('a')\n")
+    _write(hooks_dir, "after_vm_destroy", "10_b", "print('b')\n")
+    _write(hooks_dir, EVENT, "20_sh", "echo sh\n", head="#!/bin/sh\n")
+    runner = _runner(hooks_dir, tmp_path / "run", True, pool)
+    thread = runner.prewarm()
+    assert thread is not None
+    thread.join()
+    (started,) = pool.pids()  # one key: both Python hooks share it
+    assert _run(runner, EVENT).ok
+    assert pool.pids() == [started] and pool.spawned == 1  # the chain used it
+
+
+def test_prewarm_without_python_hooks_starts_nothing(tmp_path: Path,
+                                                     pool: zygote.WarmPool) -> None:
+    hooks_dir = tmp_path / "hooks"
+    _write(hooks_dir, EVENT, "20_sh", "echo sh\n", head="#!/bin/sh\n")
+    assert _runner(hooks_dir, tmp_path / "run", True, pool).prewarm() is None
+    assert _runner(hooks_dir, tmp_path / "run", False, pool).prewarm() is None
+    assert pool.pids() == []
