@@ -6,7 +6,10 @@ same scripts with the same environment and data file, interleaved round by
 round in one process so that drift (CPU frequency, page cache) hits both alike.
 
 Part 2: 10 Python hooks that `import hooking`, read and write the domain XML of
-a VM with 100 devices; prints ms per hook.
+a VM with 100 devices, side by side, interleaved: the engine with the warm
+executor (hookvisor.hooks.zygote), the engine cold (warm_hooks off), and a bare
+loop of subprocess.run of the same scripts; prints python_hook_ms (median ms
+per hook) for each.
 
 Run as root, hooks run as the hook user (setting hook_user, default
 `hookvisor`) on both sides: the engine switches user, and so does the bare loop
@@ -31,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hookvisor.hooks import identity
+from hookvisor.hooks.environment import HELPERS_DIR
 from hookvisor.hooks.records import RunRecords
 from hookvisor.hooks.runner import HookRunner, RunnerConfig
 
@@ -72,7 +76,7 @@ def make_hooks(root: Path, body: str, count: int = 10) -> Path:
 
 
 def bare_chain(scripts: list[str], data: str, run_dir: str,
-               user: identity.HookUser | None) -> None:
+               user: identity.HookUser | None, extra: dict[str, str] | None = None) -> None:
     """What any runner must do at least: a data file, an environment, one run
     each (as the hook user when there is one)."""
     fd, path = tempfile.mkstemp(dir=run_dir)
@@ -81,7 +85,7 @@ def bare_chain(scripts: list[str], data: str, run_dir: str,
             f.write(data)
             if user is not None:
                 os.fchown(f.fileno(), user.uid, user.gid)
-        env = dict(os.environ, vmId=UUID, _hook_domxml=path)
+        env = dict(os.environ, vmId=UUID, _hook_domxml=path, **(extra or {}))
         ids: dict[str, object] = {}
         if user is not None:
             env.update(user.env())
@@ -153,15 +157,34 @@ def main() -> None:
             "hooking.write_domxml(doc)\n"
         )
         py_hooks = make_hooks(work / "py", py_body)
-        py_runner = HookRunner(RunnerConfig(py_hooks, run_dir), records=records)
-        per_hook: list[float] = []
-        for _ in range(args.py_rounds):
-            t0 = time.perf_counter()
-            result = py_runner.run(EVENT, data, vm_id=UUID)
-            elapsed = time.perf_counter() - t0
-            assert result.ok and len(result.runs) == 10, result.message()
-            per_hook.append(elapsed / 10)
-        py_med = statistics.median(per_hook)
+        py_scripts = [str(p) for p in sorted((py_hooks / EVENT).iterdir())]
+        warm_runner = HookRunner(RunnerConfig(py_hooks, run_dir, warm_hooks=True),
+                                 records=records)
+        cold_runner = HookRunner(RunnerConfig(py_hooks, run_dir, warm_hooks=False),
+                                 records=records)
+
+        def py_chain(runner: HookRunner) -> Callable[[], None]:
+            def run() -> None:
+                result = runner.run(EVENT, data, vm_id=UUID)
+                assert result.ok and len(result.runs) == 10, result.message()
+                assert result.data.count('bench="1"') == 1, "the hooks did not write"
+            return run
+
+        sides: dict[str, Callable[[], None]] = {
+            "warm": py_chain(warm_runner),
+            "cold": py_chain(cold_runner),
+            "bare subprocess.run": lambda: bare_chain(py_scripts, data, str(run_dir), user,
+                                                      {"PYTHONPATH": str(HELPERS_DIR)}),
+        }
+        for fn in sides.values():
+            fn()  # warm up: the zygote starts here
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for i in range(args.py_rounds):
+            order = list(sides.items())
+            for name, fn in order[i % 3:] + order[:i % 3]:
+                times[name].append(timed(fn) / 10)
+        warm_started = warm_runner.warm.spawned
+        warm_runner.close()
         bare_py: list[float] = []
         for _ in range(args.py_rounds):
             t0 = time.perf_counter()
@@ -180,7 +203,9 @@ def main() -> None:
               f"{args.py_rounds} rounds:")
         print(f"  python interpreter start alone: {statistics.median(bare_py) * 1000:.1f} ms")
         print(f"  import hooking: {statistics.median(imports):.2f} ms")
-        print(f"  python_hook_ms={py_med * 1000:.1f}")
+        for name, values in times.items():
+            print(f"  {name:20s} python_hook_ms={statistics.median(values) * 1000:.1f}")
+        print(f"  (warm path used for {warm_started} hook runs)")
         records.close()
         print(f"runner_overhead_ratio={e_med / b_med:.2f}")
     finally:

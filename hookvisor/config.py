@@ -34,6 +34,8 @@ class Settings:
     # Per-event timeouts, seconds: {"before_vm_start": 120}.
     event_timeouts: dict[str, float] = field(default_factory=dict)
     hook_history_limit: int = 10_000
+    # Python hooks through a pre-started interpreter (docs/hooks.md "The warm path").
+    warm_hooks: bool = True
 
     # --- trust boundary (SPEC §1 "Who runs a hook", §4 "Transport and trust") ---
     # Plain TCP instead of mutual TLS on `listen`; only when the operator says so.

@@ -54,9 +54,14 @@ def deny_hook_listing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every hook directory unreadable to discovery.
 
     Running as root, chmod 000 would not stop a read: the engine's `os` is
-    replaced for discovery only.
+    replaced for discovery only, as if the hooks directory were mode 000 to
+    it: an event directory can be neither listed nor stat'ed (and a real chmod
+    changes a directory's ctime, so no cached listing of it is used: the mock
+    makes no listing old enough to be trusted).
     """
     from hookvisor.hooks import discovery
+
+    monkeypatch.setattr(discovery, "RACY_WINDOW_NS", 1 << 62)
 
     class DeniedOs:
         def __getattr__(self, name: str) -> object:
@@ -64,6 +69,10 @@ def deny_hook_listing(monkeypatch: pytest.MonkeyPatch) -> None:
 
         @staticmethod
         def scandir(path: object) -> object:
+            raise PermissionError(13, "Permission denied")
+
+        @staticmethod
+        def stat(path: object, *args: object, **kwargs: object) -> object:
             raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(discovery, "os", DeniedOs())

@@ -530,8 +530,9 @@ def run_chain(args: argparse.Namespace, settings: Settings, ev: Event, data: str
         out.line(f"warning: {name}: {NOT_EXECUTABLE}", style="yellow")
     try:
         with _temp_run_dir() as run_dir, _quiet_engine_log():
+            # One chain, then exit: a zygote's start-up would cost more than it saves.
             config = replace(RunnerConfig.from_settings(settings), run_dir=run_dir,
-                             launchflags_dir=None)
+                             launchflags_dir=None, warm_hooks=False)
             if args.timeout is not None:
                 config = replace(config, default_timeout=args.timeout, event_timeouts={},
                                  script_timeouts={})

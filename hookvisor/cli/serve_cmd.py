@@ -172,6 +172,7 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     runner = HookRunner(RunnerConfig.from_settings(settings), records)
     if runner.cleanup_stale():
         log.info("removed hook data, launch flags and hook processes left by an earlier agent")
+    runner.prewarm()  # the Python hooks' zygote, in the background
     hooks = HookCalls(runner)
     # VDSM only logs a failing before_vdsm_start; so do we (the engine records it).
     hooks.run("before_vdsm_start")
@@ -212,6 +213,7 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     server.shutdown(settings.shutdown_timeout / 2)
     agent.close()
     hooks.run("after_vdsm_stop")
+    runner.close()
     records.close()
     props.close()
     log.info("stopped")

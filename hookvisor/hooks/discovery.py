@@ -2,8 +2,14 @@
 
 SPEC §1: every regular, executable file of `<hooks_dir>/<event>/` (symlinks to
 such files count), dotfiles, sub-directories and non-executables skipped, in
-byte-wise sorted order of file name, the directory re-read on every event.
-A script that anyone but root could change is listed with `refused` set
+byte-wise sorted order of file name. An unchanged directory is not re-read:
+its listing (names, which are manifests, which are symlinks) is cached keyed by
+its identity, mtime and ctime (ListingCache), never trusted while that time is
+within RACY_WINDOW of now (a file added within the same timestamp tick would
+not change it). What the listing cannot show is checked on every event: each
+candidate is stat'ed (executable, regular, its identity for the checksum) and
+the trust checks run on that fresh stat (a chmod g+w changes the file's ctime,
+not its directory's mtime). A script that anyone but root could change is listed with `refused` set
 (hookvisor.hooks.trust): the runner fails it rather than skip it silently.
 """
 
@@ -13,6 +19,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,27 +54,75 @@ def _executable(path: str) -> os.stat_result | None:
     return st
 
 
-def list_scripts(hooks_dir: Path, event: str) -> list[Script]:
+# File times are set from a clock coarser than time.time_ns() (the kernel's
+# tick, or a file system's granularity: 2 s on FAT): a listing whose directory
+# changed this recently may miss an entry added in the same tick.
+RACY_WINDOW_NS = 2_000_000_000
+
+_Listing = tuple[list[tuple[str, str, bool]], frozenset[str]]
+
+
+def _scan(directory: str) -> _Listing:
+    candidates: list[tuple[str, str, bool]] = []
+    manifests: set[str] = set()
+    with os.scandir(directory) as it:
+        for entry in it:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            # A manifest documents its script and is never run, even if
+            # someone marks it executable.
+            if name.endswith(MANIFEST_SUFFIX):
+                manifests.add(name)
+            else:
+                candidates.append((name, entry.path, entry.is_symlink()))
+    return candidates, frozenset(manifests)
+
+
+class ListingCache:
+    """Event directories' listings, reused while the directory is unchanged."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[tuple[int, int, int, int], _Listing]] = {}
+        self.scans = 0  # how many times a directory was actually read (tests)
+
+    def listing(self, directory: str, st: os.stat_result) -> _Listing:
+        """The listing of `directory`, whose stat (taken before) is `st`."""
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        # git's "racily clean" rule: stat before reading, and trust nothing whose
+        # time is too recent to tell a later change in the same tick apart.
+        settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_WINDOW_NS
+        with self._lock:
+            hit = self._cache.get(directory)
+        if settled and hit is not None and hit[0] == key:
+            return hit[1]
+        listing = _scan(directory)
+        self.scans += 1
+        if settled:
+            with self._lock:
+                self._cache[directory] = (key, listing)
+        else:
+            with self._lock:
+                self._cache.pop(directory, None)
+        return listing
+
+
+def list_scripts(hooks_dir: Path, event: str,
+                 cache: ListingCache | None = None) -> list[Script]:
     """The scripts for `event` in run order; [] if the event has no directory.
 
     ValueError for an unknown or path-like event name.
     """
     get_event(event)
     directory = os.path.join(hooks_dir, event)
-    candidates: list[tuple[str, str, bool]] = []
-    manifests: set[str] = set()
+    dir_st: os.stat_result | None = None
     try:
-        with os.scandir(directory) as it:
-            for entry in it:
-                name = entry.name
-                if name.startswith("."):
-                    continue
-                # A manifest documents its script and is never run, even if
-                # someone marks it executable.
-                if name.endswith(MANIFEST_SUFFIX):
-                    manifests.add(name)
-                else:
-                    candidates.append((name, entry.path, entry.is_symlink()))
+        if cache is None:
+            candidates, manifests = _scan(directory)
+        else:
+            dir_st = os.stat(directory)
+            candidates, manifests = cache.listing(directory, dir_st)
     except (FileNotFoundError, NotADirectoryError):
         return []
     found: list[Script] = []
@@ -80,8 +135,9 @@ def list_scripts(hooks_dir: Path, event: str) -> list[Script]:
             continue
         if not dirs_checked:
             # Only once there is something to run: an event without scripts costs nothing.
-            dir_problem = trust.check_dir(str(hooks_dir), owners) or trust.check_dir(
-                directory, owners)
+            dir_problem = trust.check_dir(str(hooks_dir), owners) or (
+                trust.problem(directory, dir_st, owners) if dir_st is not None
+                else trust.check_dir(directory, owners))
             dirs_checked = True
         refused = dir_problem or trust.check_script(path, st, is_link, owners)
         manifest = None
@@ -134,12 +190,13 @@ class ChecksumCache:
 Installed = dict[str, dict[str, dict[str, str]]]
 
 
-def installed(hooks_dir: Path, cache: ChecksumCache | None = None) -> Installed:
+def installed(hooks_dir: Path, cache: ChecksumCache | None = None,
+              listings: ListingCache | None = None) -> Installed:
     """`{event: {script: {"checksum": sha256hex}}}` for the host capabilities report."""
     cache = cache or ChecksumCache()
     out: Installed = {}
     for event in EVENTS:
-        scripts = list_scripts(hooks_dir, event)
+        scripts = list_scripts(hooks_dir, event, listings)
         if scripts:
             out[event] = {s.name: {"checksum": cache.checksum(s)} for s in scripts}
     return out

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 OnFailure = Literal["veto", "ignore"]
-_KEYS = ("timeout", "on_failure", "when_property")
+_KEYS = ("timeout", "on_failure", "when_property", "warm")
 
 
 class ManifestError(Exception):
@@ -28,6 +28,9 @@ class Manifest:
     timeout: float | None = None
     on_failure: OnFailure = "veto"
     when_property: tuple[str, ...] | None = None
+    # False: never through the warm executor (a script that relies on a fresh
+    # interpreter's start-up, say); hookvisor.hooks.zygote.
+    warm: bool = True
 
     def wants(self, props: set[str]) -> bool:
         """Whether the script should run for a VM/device with these property names."""
@@ -40,6 +43,8 @@ class Manifest:
         out["on_failure"] = self.on_failure
         if self.when_property is not None:
             out["when_property"] = list(self.when_property)
+        if not self.warm:
+            out["warm"] = False
         return out
 
 
@@ -97,7 +102,10 @@ def parse_manifest(path: Path, text: str) -> Manifest:
                 f"names, got {value!r}"
             )
         when = tuple(value)
-    return Manifest(path, timeout, on_failure, when)
+    warm = raw.get("warm", True)
+    if not isinstance(warm, bool):
+        raise ManifestError(f"manifest {path}: warm must be true or false, got {warm!r}")
+    return Manifest(path, timeout, on_failure, when, warm)
 
 
 class ManifestCache:

@@ -30,10 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hookvisor.hooks import diffs, groups, identity, validation
+from hookvisor.hooks import diffs, groups, identity, validation, zygote
 from hookvisor.hooks import spawn as spawn_mod
-from hookvisor.hooks.catalogue import Event, Payload, get_event
-from hookvisor.hooks.discovery import ChecksumCache, Script, installed, list_scripts
+from hookvisor.hooks.catalogue import EVENTS, Event, Payload, get_event
+from hookvisor.hooks.discovery import (
+    ChecksumCache,
+    ListingCache,
+    Script,
+    installed,
+    list_scripts,
+)
 from hookvisor.hooks.environment import build_environment
 from hookvisor.hooks.identity import HookUser, HookUserError
 from hookvisor.hooks.launchflags import flags_dir
@@ -77,6 +83,8 @@ class RunnerConfig:
     hook_user: str | None = "hookvisor"
     # Bytes of a chain's input kept with its records (for a replay).
     input_cap: int = 1024 * 1024
+    # Python hooks through the warm executor (hookvisor.hooks.zygote).
+    warm_hooks: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunnerConfig:
@@ -94,6 +102,7 @@ class RunnerConfig:
             diff_cap=settings.hook_diff_cap,
             hook_user=settings.hook_user,
             input_cap=settings.hook_input_cap,
+            warm_hooks=settings.warm_hooks,
         )
 
     def timeout_for(self, event: str, script: str, manifest: Manifest | None) -> float:
@@ -277,9 +286,18 @@ class _Chain:
     user: HookUser | None
     owner: int  # who owns the data file
     env: dict[str, str]
-    env_list: list[bytes] | None
+    env_list: list[bytes]
     devnull: int
     groups: groups.ChainGroups
+    cwd: str = ""
+    umask: int | None = None  # read when a script first goes warm
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
 
 
 # The names tests and older code use.
@@ -293,6 +311,9 @@ class HookRunner:
         self.records = records
         self._checksums = ChecksumCache()
         self._manifests = ManifestCache()
+        self._listings = ListingCache()
+        self._shebangs: dict[str, tuple[tuple[int, int, int], zygote.Shebang | None]] = {}
+        self.warm = zygote.WarmPool()
         self._run_dir_ready = False
         self._lock = threading.Lock()
         self._user: HookUser | None = None
@@ -305,10 +326,105 @@ class HookRunner:
         self.last_record_error = ""
 
     def installed(self) -> dict[str, dict[str, dict[str, str]]]:
-        return installed(self.config.hooks_dir, self._checksums)
+        return installed(self.config.hooks_dir, self._checksums, self._listings)
 
     def scripts(self, event: str) -> list[Script]:
-        return list_scripts(self.config.hooks_dir, event)
+        return list_scripts(self.config.hooks_dir, event, self._listings)
+
+    def close(self) -> None:
+        """Stop the warm executors (they also exit on their own once the runner is gone)."""
+        self.warm.close()
+
+    def prewarm(self) -> threading.Thread | None:
+        """Start, in the background, the zygotes the installed Python hooks will
+        use, so that the first of them does not wait for one (about 80 ms).
+        The thread, or None when there is nothing to start."""
+        if not self.config.warm_hooks or not zygote.SUPPORTED:
+            return None
+        ev = get_event("before_vm_start")  # any event that is not clean_env: same start-up
+        try:
+            user = self.hook_user(ev)
+            listed = [s for e in EVENTS for s in self.scripts(e)]
+        except (HookUserError, OSError):
+            return None
+        env = build_environment(
+            ev, base_env=os.environ if self.config.base_env is None else self.config.base_env,
+        ).env
+        if user is not None:
+            env.update(user.env())
+        cwd = _cwd()
+        keys: dict[zygote.Key, None] = {}
+        for script in listed:
+            manifest = None
+            if script.manifest is not None:
+                try:
+                    manifest = self._manifests.load(script.manifest)
+                except ManifestError:
+                    continue
+            warm = self._warm_key(script, manifest, user, env, cwd)
+            if warm is not None:
+                keys[warm[0]] = None
+        if not keys:
+            return None
+
+        def start() -> None:
+            for key in list(keys)[:zygote.MAX_ZYGOTES]:
+                self.warm.prestart(key, user)
+
+        thread = threading.Thread(target=start, name="hook-prewarm", daemon=True)
+        thread.start()
+        return thread
+
+    # --- how a script is started ----------------------------------------------------
+
+    def _shebang(self, script: Script) -> zygote.Shebang | None:
+        """The script's `#!` line, read again only when the file changed."""
+        key = (script.ino, script.size, script.mtime_ns)
+        path = str(script.path)
+        hit = self._shebangs.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = zygote.read_shebang(path)
+        with self._lock:
+            if len(self._shebangs) > 4096:
+                self._shebangs.clear()
+            self._shebangs[path] = (key, value)
+        return value
+
+    def _warm_key(self, script: Script, manifest: Manifest | None, user: HookUser | None,
+                  env: dict[str, str], cwd: str) -> tuple[zygote.Key, str, bytes] | None:
+        """The zygote that may run `script`, its argv[0] and #! line; None: run it cold."""
+        if not self.config.warm_hooks or not zygote.SUPPORTED:
+            return None
+        if manifest is not None and not manifest.warm:
+            return None
+        if user is None and identity.can_switch():
+            return None  # a hook that runs as root (vdsm start/stop): never a root zygote
+        shebang = self._shebang(script)
+        target = zygote.warm_target(shebang, env, user)
+        if target is None or shebang is None:
+            return None
+        interpreter, argv0 = target
+        key = zygote.Key(interpreter, user.uid if user is not None else None,
+                         zygote.startup_env(env), cwd)
+        return key, argv0, shebang.line
+
+    def _spawn(self, script: Script, manifest: Manifest | None, chain: _Chain, out_w: int,
+               err_w: int) -> int:
+        """Start the script (warm if it may, else cold); its pid, our child, the
+        leader of its own process group. OSError if it cannot be executed."""
+        warm = self._warm_key(script, manifest, chain.user, chain.env, chain.cwd)
+        if warm is not None:
+            key, argv0, line = warm
+            if chain.umask is None:
+                chain.umask = zygote.current_umask()
+            try:
+                return self.warm.spawn(key, chain.user, str(script.path), argv0, chain.umask,
+                                       line, chain.env_list, chain.devnull, out_w, err_w)
+            except zygote.WarmUnavailable:
+                pass  # logged by the pool; nothing of the script ran
+        return spawn_mod.spawn(str(script.path), chain.env, chain.env_list, chain.devnull,
+                               out_w, err_w, chain.user)
 
     # --- who runs a hook, and where its files are -----------------------------
 
@@ -444,7 +560,7 @@ class HookRunner:
                 raise ValueError(f"event {ev.name} takes no extra variable {name!r}")
         chain_id = uuid.uuid4().hex
         try:
-            scripts = list_scripts(self.config.hooks_dir, event)
+            scripts = list_scripts(self.config.hooks_dir, event, self._listings)
         except OSError as e:
             # An unreadable hook dir must not mean "no hooks": a vetoing hook
             # would be skipped without a word. It fails the chain instead.
@@ -489,8 +605,7 @@ class HookRunner:
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             chain = _Chain(directory, path, name, user,
                            user.uid if user is not None else os.geteuid(), env,
-                           spawn_mod.encode_env(env) if user is not None else None,
-                           devnull, chain_groups)
+                           spawn_mod.encode_env(env), devnull, chain_groups, _cwd())
             props = set(vm_props or {}) | set(device_props or {})
             final = self._chain(ev, scripts, chain, initial, props, runs)
         finally:
@@ -610,8 +725,7 @@ class HookRunner:
         t0 = time.monotonic()
         try:
             try:
-                pid = spawn_mod.spawn(str(script.path), chain.env, chain.env_list, chain.devnull,
-                                      out_w, err_w, chain.user)
+                pid = self._spawn(script, manifest, chain, out_w, err_w)
             finally:
                 os.close(out_w)
                 os.close(err_w)
