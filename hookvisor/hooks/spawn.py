@@ -52,8 +52,9 @@ def spawn(path: str, env: dict[str, str], env_list: list[bytes] | None, stdin: i
     credentials, so fork+exec through CPython's own child code (setgroups,
     setregid, setreuid, then exec; exec errors come back on a pipe), measured
     cheaper than posix_spawn of a wrapper such as setpriv (one more exec).
-    Inherited descriptors need no closing: everything Python opens is
-    close-on-exec (PEP 446).
+    Everything Python opens is close-on-exec (PEP 446), but a descriptor the
+    agent inherited or a library opened may not be: as the hook user every
+    descriptor beyond 0-2 is closed, so that none of the agent's reaches a hook.
     """
     if user is None:
         return os.posix_spawn(
@@ -75,7 +76,7 @@ def spawn(path: str, env: dict[str, str], env_list: list[bytes] | None, stdin: i
     if not _FORK_EXEC:
         proc = subprocess.Popen(
             [path], executable=path, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
-            close_fds=False, restore_signals=True, process_group=0,
+            close_fds=True, restore_signals=True, process_group=0,
             user=user.uid, group=user.gid, extra_groups=list(user.groups),
         )
         proc.returncode = 0  # reaped by _Child, not by Popen
@@ -96,7 +97,7 @@ def spawn(path: str, env: dict[str, str], env_list: list[bytes] | None, stdin: i
     bpath = os.fsencode(path)
     try:
         pid: int = fork_exec(
-            [bpath], [bpath], False, (), None,
+            [bpath], [bpath], True, (errpipe_write,), None,
             env_list if env_list is not None else encode_env(env),
             stdin, -1, -1, stdout, -1, stderr, errpipe_read, errpipe_write,
             True, False, 0,  # restore_signals, no setsid, process group = own pid
