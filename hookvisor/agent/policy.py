@@ -263,6 +263,8 @@ _UNITS = {
     "eb": 10**18, "e": 2**60, "eib": 2**60,
 }
 _DIGITS = re.compile(r"^\s*[0-9]{1,30}\s*$")
+# When the host's maximum vCPUs is not known.
+_MAX_IOTHREADS = 1024
 
 
 def memory_mib(elem: ET.Element) -> int | None:
@@ -285,6 +287,18 @@ def check_sizes(root: ET.Element, policy: ClientPolicy) -> list[str]:
         elif policy.max_vcpus and int(text) > policy.max_vcpus:
             problems.append(f"<vcpu>: {int(text)} is more than the host's maximum "
                             f"of {policy.max_vcpus} vCPUs")
+    # libvirt allocates an entry per IOThread while parsing (<iothreads>100000000
+    # grew an agent on the test driver to 4.7 GB): held to the host's vCPUs, as
+    # more IOThreads than CPUs to run them on buys nothing.
+    iothreads = root.find("iothreads")
+    if iothreads is not None:
+        text = iothreads.text or ""
+        cap = policy.max_vcpus or _MAX_IOTHREADS
+        if not _DIGITS.match(text):
+            problems.append(f"<iothreads>: expected a number, got {_show(text)}")
+        elif int(text) > cap:
+            problems.append(f"<iothreads>: {int(text)} is more than {cap} (the host's "
+                            "maximum vCPUs)")
     for tag in ("memory", "currentMemory", "maxMemory"):
         elem = root.find(tag)
         if elem is None:

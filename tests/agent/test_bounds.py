@@ -384,3 +384,22 @@ def test_host_limits_come_from_libvirt() -> None:
         assert "/usr/bin/test-hv" in host.emulators()
     finally:
         host.close()
+
+
+def test_iothreads_beyond_the_host_are_refused_at_once(direct_agent: Any) -> None:
+    # <iothreads>100000000</iothreads> grew the agent (test driver, in-process) to
+    # 4.7 GB in 10 s: libvirt allocates an entry per iothread before anything runs.
+    agent = direct_agent()
+    started = time.monotonic()
+    for count in ("2147483647", str(TEST_MAX_VCPUS + 1), "-1", "x"):
+        xml = (f"<domain type='test'><name>hvtest-io</name><uuid>{uuid.uuid4()}</uuid>"
+               f"<memory unit='MiB'>64</memory><vcpu>1</vcpu><iothreads>{count}</iothreads>"
+               "<os><type>hvm</type></os></domain>")
+        assert_error(agent.call("create", {"xml": xml}), Code.CREATE_ERR, "xml", "<iothreads>")
+    assert time.monotonic() - started < 5
+    xml = (f"<domain type='test'><name>hvtest-io</name><uuid>{uuid.uuid4()}</uuid>"
+           f"<memory unit='MiB'>64</memory><vcpu>1</vcpu><iothreads>2</iothreads>"
+           "<os><type>hvm</type></os></domain>")
+    reply = agent.call("create", {"xml": xml})
+    assert code(reply) == 0, reply
+    assert code(agent.call("destroy", reply["vmList"]["vmId"])) == 0
