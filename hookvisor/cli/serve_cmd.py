@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import threading
@@ -34,6 +35,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("hookvisor.serve")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Line breaks, terminal escapes, NUL: what a hook's stderr (which may carry a
+# client's custom property) could use to forge a log line or drive the
+# reader's terminal.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _visible(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+class LogFormatter(logging.Formatter):
+    """One record, one line: control characters in the message made visible escapes.
+
+    A traceback (exc_info) is appended after this, still on its own lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if _CONTROL.search(record.message):
+            record.message = _CONTROL.sub(_visible, record.message)
+        return super().formatMessage(record)
 
 
 def register(sub: Any) -> None:
@@ -100,7 +123,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    logging.basicConfig(stream=sys.stderr, level=args.log_level, format=LOG_FORMAT)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter(LOG_FORMAT))
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     # LOG_FORMAT shows no source line, thread or process: gathering them for
     # every record is wasted (the logging HOWTO's "Optimization" switches).
     logging._srcfile = None
