@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hookvisor.agent.images import chain_problem
 from hookvisor.virt.domain_xml import NS as HOOKVISOR_NS
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -171,6 +172,34 @@ def _check(elem: ET.Element, parents: list[str], walk: _Walk) -> None:
         walk.path(_name(chain), (elem.text or "").strip())
     for child in elem:
         _check(child, chain, walk)
+    if local == "disk" and elem.get("type", "file") in ("file", "block"):
+        _disk_images(elem, chain, walk)
+
+
+def _disk_images(disk: ET.Element, chain: list[str], walk: _Walk) -> None:
+    """The files an image's header names (its backing chain), held to the same rule.
+
+    The disk's own image in the format <driver type> gives (raw if none: libvirt
+    does not probe a top image), then each <backingStore> the XML gives.
+    """
+    driver = disk.find("driver")
+    fmt: str | None = (driver.get("type") if driver is not None else None) or "raw"
+    node: ET.Element | None = disk
+    where = _name(chain)
+    while node is not None:
+        source = node.find("source")
+        path = None if source is None else source.get("file") or source.get("dev")
+        if path and path_problem(path, walk.roots, walk.policy.storage_dirs) is None:
+            problem = chain_problem(path, fmt, lambda p: path_problem(
+                p, walk.roots, walk.policy.storage_dirs))
+            if problem:
+                walk.add(where, problem)
+                return
+        node = node.find("backingStore")
+        if node is not None:
+            found = node.find("format")
+            fmt = found.get("type") if found is not None else None
+            where = _name([*chain, "backingStore"])
 
 
 def _dev_attr(elem: ET.Element, local: str, chain: list[str], walk: _Walk) -> None:
