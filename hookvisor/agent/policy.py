@@ -234,6 +234,13 @@ def _refused(elem: ET.Element, local: str, chain: list[str], walk: _Walk) -> boo
         walk.add(where, "a D-Bus address (a host bus QEMU connects to) is not allowed "
                  "from a client")
         return True
+    if local == "secret" and parent in ("auth", "encryption"):
+        # libvirt's secrets on this host are the operator's (no verb registers
+        # one): used by a client, they would answer a CHAP or cephx challenge
+        # of a server it names, or open an image encrypted for someone else.
+        walk.add(where, "a host secret is the operator's: not allowed from a client "
+                 "(a hook may add it)")
+        return True
     if local == "bootloader" and parent == "domain":
         walk.add(where, "runs a program on the host: not allowed from a client")
         return True
