@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from hookvisor.config import Settings
+from hookvisor.hooks import trust
 
 
 def unwritable_dir(settings: Settings) -> str | None:
@@ -19,6 +20,15 @@ def unwritable_dir(settings: Settings) -> str | None:
         problem = _try_write(path)
         if problem is not None:
             return f"{what} {path} is not writable: {problem}"
+        # What is in them is read and acted on as root (the run dir's hook
+        # process-group files name groups the next start kills): nobody else
+        # may plant anything there.
+        try:
+            others = trust.problem(str(path), os.stat(path))
+        except OSError as e:
+            return f"{what} {path}: {e.strerror or e}"
+        if others is not None:
+            return f"{what} {others}"
     return None
 
 
