@@ -34,6 +34,7 @@ from hookvisor.cli.common import (
     add_global_options,
     parse_assignment,
     settings_from_args,
+    visible,
 )
 from hookvisor.config import Settings
 from hookvisor.hooks.catalogue import EVENTS, Event, Payload, get_event
@@ -127,6 +128,7 @@ class _Out:
             self.console = Console(file=stream, highlight=False)
 
     def line(self, text: str = "", style: str | None = None) -> None:
+        text = visible(text)
         if self.rich:
             from rich.text import Text
 
@@ -136,6 +138,7 @@ class _Out:
 
     def table(self, title: str | None, columns: Sequence[str], rows: list[list[str]],
               styles: list[str | None] | None = None) -> None:
+        rows = [[visible(cell) for cell in row] for row in rows]
         if self.rich:
             from rich.table import Table
 
@@ -156,6 +159,7 @@ class _Out:
     def block(self, label: str, text: str, diff: bool = False) -> None:
         if not text:
             return
+        text = visible(text, newlines=True)
         if self.rich:
             from rich.syntax import Syntax
             from rich.text import Text

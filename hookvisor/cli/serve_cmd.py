@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import signal
 import sys
 import threading
@@ -22,6 +21,7 @@ from hookvisor.cli.common import (
     add_global_options,
     parse_assignment,
     settings_from_args,
+    visible,
 )
 from hookvisor.cli.sdnotify import Notifier
 from hookvisor.cli.startup import unwritable_dir
@@ -36,16 +36,6 @@ log = logging.getLogger("hookvisor.serve")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-# Line breaks, terminal escapes, NUL: what a hook's stderr (which may carry a
-# client's custom property) could use to forge a log line or drive the
-# reader's terminal.
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def _visible(m: re.Match[str]) -> str:
-    c = ord(m.group())
-    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
-
 
 class LogFormatter(logging.Formatter):
     """One record, one line: control characters in the message made visible escapes.
@@ -54,8 +44,9 @@ class LogFormatter(logging.Formatter):
     """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        if _CONTROL.search(record.message):
-            record.message = _CONTROL.sub(_visible, record.message)
+        # A hook's stderr (which may carry a client's custom property) must not
+        # forge a log line or drive the reader's terminal.
+        record.message = visible(record.message)
         return super().formatMessage(record)
 
 
