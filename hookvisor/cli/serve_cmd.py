@@ -9,7 +9,9 @@ after_vdsm_stop runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -140,6 +142,7 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     from hookvisor.virt.host import Host, HostError
 
     stop = stop or threading.Event()
+    _keep_inherited_fds_from_hooks()
     notifier = Notifier()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -218,6 +221,25 @@ def _network(settings: Settings, hooks: HookCalls, props: PropertyChecker) -> Ne
     except Exception as e:  # the agent still serves VMs; networks are reported as they are
         log.error("network: cannot restore the safe setup: %s", e)
     return service
+
+
+def _keep_inherited_fds_from_hooks() -> None:
+    """Mark close-on-exec every descriptor above stderr this process inherited.
+
+    Python opens its own close-on-exec (PEP 446); what a wrapper or a shell
+    left open when it started the agent (a log file, a pipe) is not, and a
+    hook, run as the unprivileged hook user, would get root's descriptor.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
 
 
 def _request_stop(stop: threading.Event, signum: int) -> None:
