@@ -21,6 +21,7 @@ from hookvisor.cli.common import (
     add_global_options,
     parse_assignment,
     settings_from_args,
+    visible,
 )
 from hookvisor.rpc.client import AgentClient, AgentError, address_for
 
@@ -100,7 +101,8 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for c in columns:
         table.add_column(c)
     for r in rows:
-        table.add_row(*r)
+        # Names, statuses and custom values other clients set: no terminal escapes.
+        table.add_row(*(visible(cell) for cell in r))
     Console().print(table)
 
 
@@ -110,7 +112,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(vm)
     else:
-        print(f"{vm.get('vmId')} {vm.get('vmName', '')} {vm.get('status', '')}")
+        print(visible(f"{vm.get('vmId')} {vm.get('vmName', '')} {vm.get('status', '')}"))
     return 0
 
 
@@ -141,7 +143,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def _simple(verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         reply = call(args, verb, args.vm_id)
-        print(f"{args.vm_id}: {reply['status'].get('message', 'Done')}")
+        print(visible(f"{args.vm_id}: {reply['status'].get('message', 'Done')}"))
         return 0
 
     return run
@@ -154,10 +156,11 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
         try:
             return func(args)
         except AgentError as e:
-            print(f"hookvisor: {e}", file=sys.stderr)
+            # A hook's stderr comes back in a hookError: shown, not obeyed.
+            print(f"hookvisor: {visible(str(e))}", file=sys.stderr)
             return 1
         except OSError as e:
-            print(f"hookvisor: {e}", file=sys.stderr)
+            print(f"hookvisor: {visible(str(e))}", file=sys.stderr)
             return 1
 
     return run

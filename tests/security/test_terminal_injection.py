@@ -9,13 +9,18 @@ output and rich's (a terminal) now show control characters as `\\xNN`.
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hookvisor.cli.main import main
 from hookvisor.hooks.records import RunRecord, RunRecords
 
+REPO = Path(__file__).resolve().parents[2]
 NASTY = "a\x1b]0;pwned\x07b\x1b[2Jc\rd\x00e\x9bf"
 
 
@@ -55,3 +60,16 @@ def test_history_shows_control_characters_as_escapes(state: Path, tty: bool,
         monkeypatch.setenv("TERM", "dumb")
     assert main(["hooks", "history", "-v"]) == 0
     _clean(stream.getvalue())
+
+
+def test_vm_client_shows_a_hooks_veto_without_obeying_it(dirs: Any, serve_process: Any) -> None:
+    # C1 CSI (\x9b) is valid XML: the reply carries it; the operator's terminal must not.
+    dirs.hook("before_vm_start", "10_veto",
+              "printf 'no \\302\\2332J\\302\\233?1049h' >&2\nexit 2\n")
+    agent = serve_process()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "hookvisor", "vm", "--socket", str(agent.socket),
+                          "create", "--name", "hvtest-veto", "--mem", "64"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert out.returncode == 1, out
+    assert "10_veto" in out.stderr and "\x9b" not in out.stderr and "\\x9b2J" in out.stderr
