@@ -29,6 +29,13 @@ def unwritable_dir(settings: Settings) -> str | None:
             return f"{what} {path}: {e.strerror or e}"
         if others is not None:
             return f"{what} {others}"
+    # A socket elsewhere than the run dir: whoever can write its directory could
+    # bind the name first (local clients would talk to them).
+    socket_dir = settings.socket_path().parent
+    if socket_dir != settings.run_dir and socket_dir.exists():
+        others = trust.problem(str(socket_dir), os.stat(socket_dir))
+        if others is not None:
+            return f"socket dir {others}"
     return None
 
 

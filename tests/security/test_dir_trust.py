@@ -35,3 +35,20 @@ def test_a_dir_others_can_write_stops_the_start(dirs: Any, which: str) -> None:
     assert f"{which} dir {target}" in proc.stderr and "other-writable" in proc.stderr
     assert f"chmod go-w {target}" in proc.stderr
     assert not (dirs.run / "hookvisor.sock").exists()
+
+
+def test_a_socket_in_a_dir_others_can_write_stops_the_start(dirs: Any, tmp_path: Path) -> None:
+    # Another user could bind that name first (clients then talk to it), or make
+    # the agent think another agent serves there.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    argv = [sys.executable, "-m", "hookvisor.cli.main", "serve", "--listen", "",
+            "--hooks-dir", str(dirs.hooks), "--state-dir", str(dirs.state),
+            "--run-dir", str(dirs.run), "--socket", str(shared / "hv.sock")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HOOKVISOR_CONFIG", None)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert f"socket dir {shared}" in proc.stderr and "other-writable" in proc.stderr
+    assert not (shared / "hv.sock").exists()
