@@ -403,3 +403,14 @@ def test_iothreads_beyond_the_host_are_refused_at_once(direct_agent: Any) -> Non
     reply = agent.call("create", {"xml": xml})
     assert code(reply) == 0, reply
     assert code(agent.call("destroy", reply["vmList"]["vmId"])) == 0
+
+
+def test_a_deeply_nested_domain_xml_is_refused_not_a_traceback(direct_agent: Any) -> None:
+    # 100,000 nested elements inside <devices> (700 KB, under every size bound)
+    # made the xml policy's walk raise RecursionError: `unexpected` with a traceback.
+    agent = direct_agent()
+    depth = 100_000
+    xml = (f"<domain type='test'><name>hvtest-deep</name><uuid>{uuid.uuid4()}</uuid>"
+           "<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type>hvm</type></os><devices>"
+           + "<x>" * depth + "</x>" * depth + "</devices></domain>")
+    assert_error(agent.call("create", {"xml": xml}), Code.CREATE_ERR, "xml", "nested deeper")
