@@ -52,7 +52,7 @@ def baseline(payload: Payload, data: bytes) -> Baseline | None:
         if payload is Payload.JSON:
             json.loads(data)
         return Baseline(payload)
-    except (ET.ParseError, ValueError):
+    except (ET.ParseError, ValueError, RecursionError):
         return None
 
 
@@ -71,6 +71,8 @@ def check(payload: Payload, base: Baseline | None, data: bytes | None) -> str | 
             json.loads(data)
         except ValueError as e:
             return f"left data that is not valid JSON: {e}"
+        except RecursionError:  # [[[[...]]]]: the decoder recurses per level
+            return "left JSON nested too deeply"
         return None
     try:
         root = _parse_xml(data)

@@ -359,7 +359,7 @@ def get_metadata(text: str) -> Metadata | None:
     if text_params:
         try:
             loaded = json.loads(text_params)
-        except ValueError:
+        except (ValueError, RecursionError):  # a hook may have edited it
             loaded = {}
         if isinstance(loaded, dict):
             params = loaded

@@ -414,3 +414,17 @@ def test_a_deeply_nested_domain_xml_is_refused_not_a_traceback(direct_agent: Any
            "<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type>hvm</type></os><devices>"
            + "<x>" * depth + "</x>" * depth + "</devices></domain>")
     assert_error(agent.call("create", {"xml": xml}), Code.CREATE_ERR, "xml", "nested deeper")
+
+
+def test_a_hook_leaving_deeply_nested_json_is_invalid_output(direct_agent: Any,
+                                                             dirs: Any) -> None:
+    # json.loads of [[[[...]]]] 100,000 deep raises RecursionError, not ValueError:
+    # it went through the engine's output check and the verb answered `unexpected`.
+    dirs.hook("after_get_stats", "10_deep",
+              "python3 -c \"print('[' * 100000 + ']' * 100000)\" > \"$_hook_json\"\n")
+    agent = direct_agent()
+    reply = agent.call("getVdsStats")
+    assert code(reply) == 0, reply
+    runs = agent.call("getHookRuns", {"event": "after_get_stats"})["hookRuns"]
+    assert runs and runs[0]["outcome"] == "invalid-output", runs
+    assert "nested too deeply" in runs[0]["message"]
