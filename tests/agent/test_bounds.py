@@ -428,3 +428,18 @@ def test_a_hook_leaving_deeply_nested_json_is_invalid_output(direct_agent: Any,
     runs = agent.call("getHookRuns", {"event": "after_get_stats"})["hookRuns"]
     assert runs and runs[0]["outcome"] == "invalid-output", runs
     assert "nested too deeply" in runs[0]["message"]
+
+
+def test_a_hook_leaving_json_deeper_than_a_reply_may_be_is_refused(direct_agent: Any,
+                                                                   dirs: Any) -> None:
+    # 900 levels parse (under Python's recursion limit) but no reply may carry them:
+    # the marshaller recursed into a RecursionError, or the client's parser would.
+    dirs.hook("after_get_stats", "10_deep",
+              "python3 -c \"print('{\\\"a\\\": ' + '[' * 900 + ']' * 900 + '}')\" "
+              "> \"$_hook_json\"\n")
+    agent = direct_agent()
+    reply = agent.call("getVdsStats")
+    assert code(reply) == 0, reply
+    runs = agent.call("getHookRuns", {"event": "after_get_stats"})["hookRuns"]
+    assert runs and runs[0]["outcome"] == "invalid-output", runs
+    assert "nested too deeply (more than 64 levels)" in runs[0]["message"]
