@@ -10,9 +10,11 @@ Built with `cryptography`; nothing shells out to openssl.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,15 +71,23 @@ def _name(cn: str) -> x509.Name:
 
 def _write(path: Path, data: bytes, private: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    # Created 0600 from the start: a key is never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    # A new file of a name nobody could have made first (mkstemp: O_EXCL, 0600),
+    # renamed into place: never one a local user planted and holds open, in a
+    # shared directory such as /tmp.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.write(fd, data)
-        os.fchmod(fd, 0o600 if private else 0o644)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, 0o600 if private else 0o644)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

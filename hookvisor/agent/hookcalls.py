@@ -213,7 +213,7 @@ class HookCalls:
             return obj  # no hook, or none changed it: skip the parse
         try:
             return json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             log.warning("%s: hooks left JSON that does not parse; result unchanged", event)
             return obj
 

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from hookvisor.agent.images import chain_problem
 from hookvisor.agent.policy import ClientPolicy, check_domain, check_sizes, path_problem
 from hookvisor.errors import Code, VdsmError
 from hookvisor.virt import domain_xml
@@ -150,6 +151,13 @@ def _disk(dev: dict[str, Any], where: str, problems: _Problems,
     if kind == "disk" and dev.get("path") is None:
         problems.add(f"{where}.path", "missing (a disk needs a file)")
     fmt = _choice(dev.get("format"), f"{where}.format", ("raw", "cow"), "raw", problems)
+    if path is not None and fmt == "cow":
+        # The files its qcow2 header names are opened too (hookvisor.agent.images).
+        roots = policy.storage_roots()
+        problem = chain_problem(path, "qcow2",
+                                lambda p: path_problem(p, roots, policy.storage_dirs))
+        if problem:
+            problems.add(f"{where}.path", problem)
     iface = _choice(dev.get("iface"), f"{where}.iface", ("virtio", "scsi", "ide"),
                     "ide" if kind == "cdrom" else "virtio", problems)
     readonly = _bool(dev.get("readonly"), f"{where}.readonly", problems, kind == "cdrom")

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hookvisor.agent.images import chain_problem
 from hookvisor.virt.domain_xml import NS as HOOKVISOR_NS
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -178,6 +179,34 @@ def _check(elem: ET.Element, parents: list[str], walk: _Walk) -> None:
         walk.path(_name(chain), (elem.text or "").strip())
     for child in elem:
         _check(child, chain, walk)
+    if local == "disk" and elem.get("type", "file") in ("file", "block"):
+        _disk_images(elem, chain, walk)
+
+
+def _disk_images(disk: ET.Element, chain: list[str], walk: _Walk) -> None:
+    """The files an image's header names (its backing chain), held to the same rule.
+
+    The disk's own image in the format <driver type> gives (raw if none: libvirt
+    does not probe a top image), then each <backingStore> the XML gives.
+    """
+    driver = disk.find("driver")
+    fmt: str | None = (driver.get("type") if driver is not None else None) or "raw"
+    node: ET.Element | None = disk
+    where = _name(chain)
+    while node is not None:
+        source = node.find("source")
+        path = None if source is None else source.get("file") or source.get("dev")
+        if path and path_problem(path, walk.roots, walk.policy.storage_dirs) is None:
+            problem = chain_problem(path, fmt, lambda p: path_problem(
+                p, walk.roots, walk.policy.storage_dirs))
+            if problem:
+                walk.add(where, problem)
+                return
+        node = node.find("backingStore")
+        if node is not None:
+            found = node.find("format")
+            fmt = found.get("type") if found is not None else None
+            where = _name([*chain, "backingStore"])
 
 
 def _dev_attr(elem: ET.Element, local: str, chain: list[str], walk: _Walk) -> None:
@@ -211,6 +240,13 @@ def _refused(elem: ET.Element, local: str, chain: list[str], walk: _Walk) -> boo
     if local == "graphics" and elem.get("type") == "dbus" and elem.get("address"):
         walk.add(where, "a D-Bus address (a host bus QEMU connects to) is not allowed "
                  "from a client")
+        return True
+    if local == "secret" and parent in ("auth", "encryption"):
+        # libvirt's secrets on this host are the operator's (no verb registers
+        # one): used by a client, they would answer a CHAP or cephx challenge
+        # of a server it names, or open an image encrypted for someone else.
+        walk.add(where, "a host secret is the operator's: not allowed from a client "
+                 "(a hook may add it)")
         return True
     if local == "bootloader" and parent == "domain":
         walk.add(where, "runs a program on the host: not allowed from a client")
@@ -270,6 +306,8 @@ _UNITS = {
     "eb": 10**18, "e": 2**60, "eib": 2**60,
 }
 _DIGITS = re.compile(r"^\s*[0-9]{1,30}\s*$")
+# When the host's maximum vCPUs is not known.
+_MAX_IOTHREADS = 1024
 
 
 def memory_mib(elem: ET.Element) -> int | None:
@@ -292,6 +330,18 @@ def check_sizes(root: ET.Element, policy: ClientPolicy) -> list[str]:
         elif policy.max_vcpus and int(text) > policy.max_vcpus:
             problems.append(f"<vcpu>: {int(text)} is more than the host's maximum "
                             f"of {policy.max_vcpus} vCPUs")
+    # libvirt allocates an entry per IOThread while parsing (<iothreads>100000000
+    # grew an agent on the test driver to 4.7 GB): held to the host's vCPUs, as
+    # more IOThreads than CPUs to run them on buys nothing.
+    iothreads = root.find("iothreads")
+    if iothreads is not None:
+        text = iothreads.text or ""
+        cap = policy.max_vcpus or _MAX_IOTHREADS
+        if not _DIGITS.match(text):
+            problems.append(f"<iothreads>: expected a number, got {_show(text)}")
+        elif int(text) > cap:
+            problems.append(f"<iothreads>: {int(text)} is more than {cap} (the host's "
+                            "maximum vCPUs)")
     for tag in ("memory", "currentMemory", "maxMemory"):
         elem = root.find(tag)
         if elem is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any, NoReturn
 
 from hookvisor.config import Settings, load_settings
@@ -79,3 +80,21 @@ class OneLineParser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras
+
+
+# C0 (but tab), DEL, C1 and the Unicode line separators: what moves a
+# terminal's cursor, retitles it (OSC), or splits a log line.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def visible(text: str, newlines: bool = False) -> str:
+    """`text` with control characters as `\\xNN` (newlines kept if `newlines`):
+    what a hook or a client wrote, safe to print to a terminal or a log line."""
+    pattern = _CONTROL_BUT_NEWLINE if newlines else _CONTROL
+    return pattern.sub(_escape, text) if pattern.search(text) else text

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
+from hookvisor.cli.common import visible
+
 
 def is_terminal(stream: IO[str]) -> bool:
     try:
@@ -35,6 +37,8 @@ class Out:
             self.console = Console(file=self.stream, highlight=False)
 
     def line(self, text: str = "", style: str | None = None) -> None:
+        # What hooks and other clients wrote: no escape reaches the terminal.
+        text = visible(text)
         if self.rich:
             from rich.text import Text
 
@@ -44,13 +48,14 @@ class Out:
 
     def table(self, title: str | None, columns: Sequence[str], rows: list[list[str]],
               styles: list[str | None] | None = None, keep: Sequence[str] = ()) -> None:
+        # A value's own newlines and escapes would break "one record per line"
+        # or drive the terminal: shown as \xNN.
+        rows = [[visible(cell) for cell in row] for row in rows]
         if self.rich:
             self._fitted(title, columns, rows, styles, keep)
             return
         if title:
             print(title, file=self.stream)
-        # A value's own newlines would break "one record per line".
-        rows = [[cell.replace("\n", " ") for cell in row] for row in rows]
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
         for row in [list(columns), *rows]:
             cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
@@ -66,7 +71,6 @@ class Out:
         """
         from rich.text import Text
 
-        rows = [[cell.replace("\n", " ") for cell in row] for row in rows]
         natural = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
         width = self.console.width
         gap = 2 if sum(natural) + 2 * (len(columns) - 1) <= width else 1
@@ -95,6 +99,7 @@ class Out:
     def block(self, label: str, text: str, diff: bool = False) -> None:
         if not text:
             return
+        text = visible(text, newlines=True)
         if self.rich:
             from rich.syntax import Syntax
             from rich.text import Text

@@ -9,7 +9,9 @@ after_vdsm_stop runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,6 +23,7 @@ from hookvisor.cli.common import (
     add_global_options,
     parse_assignment,
     settings_from_args,
+    visible,
 )
 from hookvisor.cli.sdnotify import Notifier
 from hookvisor.cli.startup import unwritable_dir
@@ -34,6 +37,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("hookvisor.serve")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class LogFormatter(logging.Formatter):
+    """One record, one line: control characters in the message made visible escapes.
+
+    A traceback (exc_info) is appended after this, still on its own lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # A hook's stderr (which may carry a client's custom property) must not
+        # forge a log line or drive the reader's terminal.
+        record.message = visible(record.message)
+        return super().formatMessage(record)
 
 
 def register(sub: Any) -> None:
@@ -124,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--hooks-dir {settings.hooks_dir}: "
                          + ("not a directory" if settings.hooks_dir.exists()
                             else "does not exist"))
-    logging.basicConfig(stream=sys.stderr, level=args.log_level, format=LOG_FORMAT)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter(LOG_FORMAT))
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     # LOG_FORMAT shows no source line, thread or process: gathering them for
     # every record is wasted (the logging HOWTO's "Optimization" switches).
     logging._srcfile = None
@@ -148,6 +166,7 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     from hookvisor.virt.host import Host, HostError
 
     stop = stop or threading.Event()
+    _keep_inherited_fds_from_hooks()
     notifier = Notifier()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -232,6 +251,25 @@ def _network(settings: Settings, hooks: HookCalls, props: PropertyChecker) -> Ne
     except Exception as e:  # the agent still serves VMs; networks are reported as they are
         log.error("network: cannot restore the safe setup: %s", e)
     return service
+
+
+def _keep_inherited_fds_from_hooks() -> None:
+    """Mark close-on-exec every descriptor above stderr this process inherited.
+
+    Python opens its own close-on-exec (PEP 446); what a wrapper or a shell
+    left open when it started the agent (a log file, a pipe) is not, and a
+    hook, run as the unprivileged hook user, would get root's descriptor.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
 
 
 def _request_stop(stop: threading.Event, signum: int) -> None:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from hookvisor.config import Settings
+from hookvisor.hooks import trust
 
 
 def unwritable_dir(settings: Settings) -> str | None:
@@ -19,6 +20,22 @@ def unwritable_dir(settings: Settings) -> str | None:
         problem = _try_write(path)
         if problem is not None:
             return f"{what} {path} is not writable: {problem}"
+        # What is in them is read and acted on as root (the run dir's hook
+        # process-group files name groups the next start kills): nobody else
+        # may plant anything there.
+        try:
+            others = trust.problem(str(path), os.stat(path))
+        except OSError as e:
+            return f"{what} {path}: {e.strerror or e}"
+        if others is not None:
+            return f"{what} {others}"
+    # A socket elsewhere than the run dir: whoever can write its directory could
+    # bind the name first (local clients would talk to them).
+    socket_dir = settings.socket_path().parent
+    if socket_dir != settings.run_dir and socket_dir.exists():
+        others = trust.problem(str(socket_dir), os.stat(socket_dir))
+        if others is not None:
+            return f"socket dir {others}"
     return None
 
 

@@ -21,6 +21,7 @@ from hookvisor.cli.common import (
     add_global_options,
     parse_assignment,
     settings_from_args,
+    visible,
 )
 from hookvisor.cli.output import Out, spinner
 from hookvisor.rpc.client import AgentClient, AgentError, address_for
@@ -138,7 +139,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(vm)
     else:
-        print(f"{vm.get('vmId')} {vm.get('vmName', '')} {vm.get('status', '')}")
+        print(visible(f"{vm.get('vmId')} {vm.get('vmName', '')} {vm.get('status', '')}"))
     return 0
 
 
@@ -181,7 +182,7 @@ def _simple(verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         vm_id = resolve_vm(args, args.vm_id)
         reply = call(args, verb, vm_id)
-        print(f"{vm_id}: {reply['status'].get('message', 'Done')}")
+        print(visible(f"{vm_id}: {reply['status'].get('message', 'Done')}"))
         return 0
 
     return run
@@ -194,10 +195,11 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
         try:
             return func(args)
         except AgentError as e:
-            print(f"hookvisor: {e}", file=sys.stderr)
+            # A hook's stderr comes back in a hookError: shown, not obeyed.
+            print(f"hookvisor: {visible(str(e))}", file=sys.stderr)
             return 1
         except OSError as e:
-            print(f"hookvisor: {e}", file=sys.stderr)
+            print(f"hookvisor: {visible(str(e))}", file=sys.stderr)
             return 1
 
     return run

@@ -14,8 +14,10 @@ in the replayer's. Properties whose name says secret are kept as redacted.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -161,6 +163,24 @@ class ChainInput:
                       for k, v in props.items() if v == REDACTED)
 
 
+def _private(path: Path) -> None:
+    """The database readable by its owner only: it holds hooks' outputs and the
+    domain XML diffs (a VNC password, a secret a hook printed). SQLite gives
+    its -wal and -shm files the database's mode; ones an older agent left are
+    closed too."""
+    for name, flags in ((str(path), os.O_RDWR | os.O_CREAT), (f"{path}-wal", os.O_RDONLY),
+                        (f"{path}-shm", os.O_RDONLY)):
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            continue
+        try:
+            if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+
+
 class RunRecords:
     def __init__(self, path: Path, limit: int = DEFAULT_LIMIT, origin: str = "agent",
                  inputs_kept: int = DEFAULT_INPUTS_KEPT) -> None:
@@ -176,6 +196,7 @@ class RunRecords:
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private(self.path)
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a crash may lose the last chains' records, never corrupt.

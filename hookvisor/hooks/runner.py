@@ -500,12 +500,9 @@ class HookRunner:
             pid = int(parts[1])
             if pid == os.getpid():
                 continue
-            try:
-                os.kill(pid, 0)
-                continue
-            except ProcessLookupError:
-                pass
-            except PermissionError:
+            # A zombie is dead (a SIGKILLed agent its parent has not reaped yet).
+            st = groups.proc_stat(pid)
+            if st is not None and st[0] not in ("Z", "X"):
                 continue
             path = os.path.join(run_dir, name)
             try:

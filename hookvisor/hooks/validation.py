@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import Any
 
 from hookvisor.hooks.catalogue import Payload
 
@@ -52,8 +53,28 @@ def baseline(payload: Payload, data: bytes) -> Baseline | None:
         if payload is Payload.JSON:
             json.loads(data)
         return Baseline(payload)
-    except (ET.ParseError, ValueError):
+    except (ET.ParseError, ValueError, RecursionError):
         return None
+
+
+# Caps, stats and network setups are a few levels deep.
+MAX_JSON_DEPTH = 64
+
+
+def _json_deeper_than(obj: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def check(payload: Payload, base: Baseline | None, data: bytes | None) -> str | None:
@@ -68,9 +89,14 @@ def check(payload: Payload, base: Baseline | None, data: bytes | None) -> str | 
         return f"left data that is not UTF-8 ({e.reason} at byte {e.start})"
     if payload is Payload.JSON:
         try:
-            json.loads(data)
+            obj = json.loads(data)
         except ValueError as e:
             return f"left data that is not valid JSON: {e}"
+        except RecursionError:  # [[[[...]]]]: the decoder recurses per level
+            return f"left JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+        if _json_deeper_than(obj, MAX_JSON_DEPTH):
+            # What uses it (a reply's marshaller, a client's parser) recurses per level.
+            return f"left JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)"
         return None
     try:
         root = _parse_xml(data)

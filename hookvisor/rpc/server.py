@@ -56,6 +56,10 @@ _LINGER_BYTES = 16 * 1024 * 1024
 _LINGER_SECONDS = 2.0
 _CHUNK = 256 * 1024
 _NEXT_WAIT_MS = 2
+# Requests one worker serves on a connection in a row before it goes to the
+# back of the queue: a client pipelining or calling in a tight loop must not
+# keep a worker from the others for as long as it goes on.
+_BATCH = 32
 
 
 class HttpError(Exception):
@@ -518,7 +522,9 @@ class AgentServer:
             except Exception:  # a bug here must not kill the worker
                 log.exception("connection from %s failed", conn.peer)
                 keep = False
-            if keep:
+            if keep == "again":
+                self._hand_over(conn)  # to the back of the queue, its data read
+            elif keep:
                 self._returned.append(conn)
                 self._wake()
             else:
@@ -528,8 +534,10 @@ class AgentServer:
                 if self._busy == 0:
                     self._drained.notify_all()
 
-    def _serve(self, conn: _Conn) -> bool:
-        """Serve requests on `conn` while they come at once; True to keep it open."""
+    def _serve(self, conn: _Conn) -> bool | str:
+        """Serve requests on `conn` while they come at once; True to keep it open,
+        "again" to queue it behind the others (more is waiting, its turn is up)."""
+        served = 0
         while True:
             try:
                 keep = self._one_request(conn)
@@ -553,6 +561,9 @@ class AgentServer:
             pending = isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending()
             if not conn.buf and not pending and not self._next_soon(conn):
                 return True
+            served += 1
+            if served >= _BATCH:
+                return "again"  # its next request is there: no worker waits on it
 
     def _next_soon(self, conn: _Conn) -> bool:
         """Whether the client's next request starts within _NEXT_WAIT.

@@ -265,6 +265,10 @@ def parse_request(body: bytes, limits: Limits) -> tuple[str, tuple[Any, ...]]:
         parser.Parse(body, True)
     except expat.ExpatError as e:
         raise RequestError(f"malformed XML: {e}") from None
+    except (LookupError, ValueError) as e:
+        # An encoding expat does not know goes to Python's codecs: an unknown
+        # name (LookupError), a multi-byte codec or bytes it cannot decode.
+        raise RequestError(f"unsupported encoding: {e}") from None
     except RecursionError:  # not reached (nothing recurses); kept as a last guard
         raise RequestError("request nested too deeply") from None
     if not state.method:

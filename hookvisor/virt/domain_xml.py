@@ -53,9 +53,30 @@ def parse(text: str, what: str = "domain XML") -> ET.Element:
     if "<!DOCTYPE" in text:
         raise DomainXmlError(f"{what}: a DOCTYPE (entity declarations) is not allowed")
     try:
-        return ET.fromstring(text)
+        root = ET.fromstring(text)
     except ET.ParseError as e:
         raise DomainXmlError(f"{what} is not well-formed: {e}") from None
+    # What walks or writes a tree (the xml policy, ElementTree's serialiser)
+    # recurses per level: 100,000 nested elements were a RecursionError. A
+    # domain is a dozen levels deep; libxml2 (libvirt) stops at 256.
+    if len(root) and _deeper_than(root, MAX_DEPTH):
+        raise DomainXmlError(f"{what}: elements nested deeper than {MAX_DEPTH}")
+    return root
+
+
+MAX_DEPTH = 128
+
+
+def _deeper_than(root: ET.Element, limit: int) -> bool:
+    if sum(1 for _ in root.iter()) <= limit:
+        return False  # fewer elements than levels: the common case, one C-level pass
+    stack = [(root, 1)]
+    while stack:
+        elem, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in elem)
+    return False
 
 
 def to_string(root: ET.Element) -> str:
@@ -339,7 +360,7 @@ def get_metadata(text: str) -> Metadata | None:
     if text_params:
         try:
             loaded = json.loads(text_params)
-        except ValueError:
+        except (ValueError, RecursionError):  # a hook may have edited it
             loaded = {}
         if isinstance(loaded, dict):
             params = loaded

@@ -384,3 +384,62 @@ def test_host_limits_come_from_libvirt() -> None:
         assert "/usr/bin/test-hv" in host.emulators()
     finally:
         host.close()
+
+
+def test_iothreads_beyond_the_host_are_refused_at_once(direct_agent: Any) -> None:
+    # <iothreads>100000000</iothreads> grew the agent (test driver, in-process) to
+    # 4.7 GB in 10 s: libvirt allocates an entry per iothread before anything runs.
+    agent = direct_agent()
+    started = time.monotonic()
+    for count in ("2147483647", str(TEST_MAX_VCPUS + 1), "-1", "x"):
+        xml = (f"<domain type='test'><name>hvtest-io</name><uuid>{uuid.uuid4()}</uuid>"
+               f"<memory unit='MiB'>64</memory><vcpu>1</vcpu><iothreads>{count}</iothreads>"
+               "<os><type>hvm</type></os></domain>")
+        assert_error(agent.call("create", {"xml": xml}), Code.CREATE_ERR, "xml", "<iothreads>")
+    assert time.monotonic() - started < 5
+    xml = (f"<domain type='test'><name>hvtest-io</name><uuid>{uuid.uuid4()}</uuid>"
+           f"<memory unit='MiB'>64</memory><vcpu>1</vcpu><iothreads>2</iothreads>"
+           "<os><type>hvm</type></os></domain>")
+    reply = agent.call("create", {"xml": xml})
+    assert code(reply) == 0, reply
+    assert code(agent.call("destroy", reply["vmList"]["vmId"])) == 0
+
+
+def test_a_deeply_nested_domain_xml_is_refused_not_a_traceback(direct_agent: Any) -> None:
+    # 100,000 nested elements inside <devices> (700 KB, under every size bound)
+    # made the xml policy's walk raise RecursionError: `unexpected` with a traceback.
+    agent = direct_agent()
+    depth = 100_000
+    xml = (f"<domain type='test'><name>hvtest-deep</name><uuid>{uuid.uuid4()}</uuid>"
+           "<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type>hvm</type></os><devices>"
+           + "<x>" * depth + "</x>" * depth + "</devices></domain>")
+    assert_error(agent.call("create", {"xml": xml}), Code.CREATE_ERR, "xml", "nested deeper")
+
+
+def test_a_hook_leaving_deeply_nested_json_is_invalid_output(direct_agent: Any,
+                                                             dirs: Any) -> None:
+    # json.loads of [[[[...]]]] 100,000 deep raises RecursionError, not ValueError:
+    # it went through the engine's output check and the verb answered `unexpected`.
+    dirs.hook("after_get_stats", "10_deep",
+              "python3 -c \"print('[' * 100000 + ']' * 100000)\" > \"$_hook_json\"\n")
+    agent = direct_agent()
+    reply = agent.call("getVdsStats")
+    assert code(reply) == 0, reply
+    runs = agent.call("getHookRuns", {"event": "after_get_stats"})["hookRuns"]
+    assert runs and runs[0]["outcome"] == "invalid-output", runs
+    assert "nested too deeply" in runs[0]["message"]
+
+
+def test_a_hook_leaving_json_deeper_than_a_reply_may_be_is_refused(direct_agent: Any,
+                                                                   dirs: Any) -> None:
+    # 900 levels parse (under Python's recursion limit) but no reply may carry them:
+    # the marshaller recursed into a RecursionError, or the client's parser would.
+    dirs.hook("after_get_stats", "10_deep",
+              "python3 -c \"print('{\\\"a\\\": ' + '[' * 900 + ']' * 900 + '}')\" "
+              "> \"$_hook_json\"\n")
+    agent = direct_agent()
+    reply = agent.call("getVdsStats")
+    assert code(reply) == 0, reply
+    runs = agent.call("getHookRuns", {"event": "after_get_stats"})["hookRuns"]
+    assert runs and runs[0]["outcome"] == "invalid-output", runs
+    assert "nested too deeply (more than 64 levels)" in runs[0]["message"]

@@ -104,6 +104,15 @@ REFUSED = [
     ("<audio id='1' type='oss'><input dev='/dev/sda'/></audio>", "<input dev='/dev/sda'>"),
     ("<video><model type='virtio'><acceleration accel3d='yes' rendernode='/dev/dri/card0'/>"
      "</model></video>", "rendernode='/dev/dri/card0'"),
+    # A host secret (libvirt's, the operator's) handed to a server the client names:
+    # CHAP or cephx with the host's key, answered to the client's own target.
+    ("<disk type='network'><source protocol='iscsi' name='iqn.2026-01.x:t/1'>"
+     "<host name='192.0.2.1' port='3260'/><auth username='u'><secret type='iscsi' "
+     "usage='host-chap'/></auth></source><target dev='sda'/></disk>",
+     "<auth><secret>: a host secret"),
+    ("<disk type='file'><source file='{images}/a.img'><encryption format='luks'>"
+     "<secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption>"
+     "</source><target dev='vda'/></disk>", "<encryption><secret>: a host secret"),
 ]
 
 REFUSED_OUTSIDE_DEVICES = [

@@ -24,8 +24,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
 @contextlib.contextmanager
 def tmpfs(path: Path, options: str) -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True,
-                   timeout=30)
+    # mode=0755: a tmpfs is 1777 by default, and the agent refuses a run or state
+    # dir others can write.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"mode=0755,{options}", "tmpfs", str(path)],
+                   check=True, timeout=30)
     try:
         yield path
     finally:

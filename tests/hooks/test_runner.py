@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -394,3 +395,26 @@ def test_unreadable_event_dir_fails_the_chain(hooks_dir: Path, make_runner: Make
     assert result.vetoed and "cannot list" in result.message()
     assert "Permission denied" in result.message()
     assert make_runner().run("after_vm_start", DOMAIN).vetoed is False
+
+
+def test_a_dead_agent_left_unreaped_is_dead(run_dir: Path, make_runner: MakeRunner) -> None:
+    # SIGKILLed under a parent (or a container's init) that has not reaped it yet,
+    # the old agent is a zombie: kill(pid, 0) still succeeds, and its chain
+    # directories were kept for ever.
+    run_dir.mkdir()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 30
+        stat = Path(f"/proc/{pid}/stat")
+        while (stat.read_text().split(")")[-1].split()[0] != "Z"
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        stale = run_dir / f"hook-{pid}-abc"
+        stale.mkdir()
+        (stale / "data.xml").write_text("x")
+        assert make_runner().cleanup_stale() == 1
+        assert not stale.exists()
+    finally:
+        os.waitpid(pid, 0)

@@ -45,6 +45,12 @@ def test_untyped_value_is_a_string_and_i8_within_bounds_an_int() -> None:
     (b"<methodCall><methodName>x</methodName><params><param><value><struct><value>"
      b"<int>1</int></value></struct></value></param></params></methodCall>",
      "<value> directly in a <struct>"),
+    # pyexpat asks Python's codecs for an encoding expat does not know: an unknown
+    # name raised LookupError, a multi-byte codec ValueError, and the server
+    # dropped the connection with a traceback instead of answering.
+    (b'<?xml version="1.0" encoding="EBCDIC"?><methodCall/>', "encoding"),
+    (b'<?xml version="1.0" encoding="shift_jis"?><methodCall/>', "encoding"),
+    (b'<?xml version="1.0" encoding="utf-7"?><methodCall/>', "encoding"),
 ])
 def test_refusals_name_the_parameter(body: bytes, message: str) -> None:
     with pytest.raises(RequestError) as caught:
