@@ -105,8 +105,15 @@ def spawn(path: str, env: dict[str, str], env_list: list[bytes] | None, stdin: i
         )
     finally:
         os.close(errpipe_write)
+    # Empty once exec succeeded (close-on-exec). The child writes its error in
+    # pieces ("OSError:", the errno, ":"): read to the end, as subprocess does.
+    failure = b""
     try:
-        failure = os.read(errpipe_read, 50_000)  # "" once exec succeeded (close-on-exec)
+        while len(failure) <= 50_000:
+            part = os.read(errpipe_read, 50_000)
+            if not part:
+                break
+            failure += part
     finally:
         os.close(errpipe_read)
     if not failure:
