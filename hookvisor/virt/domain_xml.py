@@ -147,6 +147,18 @@ def _disk(disk: DiskSpec, target: str) -> _Node:
     return _node("disk", None, children, type="file", device=disk.device)
 
 
+# VDSM starts graphics with this placeholder, already expired: no one connects
+# until a setTicket, and QEMU takes a password live only if it started with one.
+PLACEHOLDER_PASSWD = "*****"
+EXPIRED = "1970-01-01T00:00:01"
+
+
+def graphics_node(kind: str) -> _Node:
+    return _node("graphics", None, [_node("listen", type="address", address="127.0.0.1")],
+                 type=kind, autoport="yes", listen="127.0.0.1", passwd=PLACEHOLDER_PASSWD,
+                 passwdValidTo=EXPIRED)
+
+
 def _nic(nic: NicSpec) -> _Node:
     return _node("interface", None, [
         _node("mac", address=nic.mac),
@@ -185,11 +197,29 @@ def build(spec: VmSpec, domain_type: str, arch: str = "x86_64",
     children = [_node("name", spec.name), _node("uuid", spec.vm_id)]
     if meta is not None:
         children.append(_metadata_node(meta))
+    hotplug_mem = spec.mem_slots > 0 and spec.max_mem_mib > spec.mem_mib
+    if hotplug_mem:
+        children.append(_node("maxMemory", str(spec.max_mem_mib), slots=str(spec.mem_slots),
+                              unit="MiB"))
+    max_vcpus = max(spec.max_vcpus, spec.smp)
     children += [
         _node("memory", str(spec.mem_mib), unit="MiB"),
         _node("currentMemory", str(spec.mem_mib), unit="MiB"),
-        _node("vcpu", str(spec.smp)),
+        ("vcpu", {"current": str(spec.smp)} if max_vcpus > spec.smp else {},
+         str(max_vcpus), []),
         _node("os", None, [_node("type", "hvm", arch=arch, machine="pc")]),
+    ]
+    if hotplug_mem:
+        # A DIMM goes to a NUMA node, and QEMU announces it through ACPI.
+        children += [
+            _node("features", None, [_node("acpi")]),
+            _node("cpu", None, [_node("numa", None, [
+                _node("cell", id="0", cpus=f"0-{max_vcpus - 1}" if max_vcpus > 1 else "0",
+                      memory=str(spec.mem_mib), unit="MiB")])]),
+        ]
+    if spec.graphics != "none":
+        devices.append(graphics_node(spec.graphics))
+    children += [
         _node("on_poweroff", "destroy"),
         _node("on_reboot", "restart"),
         _node("on_crash", "destroy"),
