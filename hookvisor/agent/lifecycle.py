@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hookvisor.agent import diskprep
 from hookvisor.agent.context import Context
 from hookvisor.agent.hookcalls import HookSetupError, describe_os_error, family
 from hookvisor.agent.params import CreateRequest, parse_create
@@ -226,6 +227,9 @@ def create(ctx: Context, params: Any) -> dict[str, Any]:
     _check_props(ctx, req, device_props)
     vm = Vm(req.vm_id, req.name, req.params, dict(req.vm_props), device_props,
             started_at=time.time())
+    if req.spec is not None:
+        # Paths resolved and checked: after_disk_prepare may swap them (localdisk).
+        req = dataclasses.replace(req, spec=diskprep.prepare_create(ctx, vm, req.spec))
     xml = _initial(ctx, req, vm)
     # Locked before it is listed: a destroy racing this create waits for it to finish.
     with vm.lock, vm.doing(STARTING):

@@ -125,6 +125,11 @@ def _disk_targets(spec: VmSpec) -> list[str | None]:
     return names
 
 
+def disk_targets(spec: VmSpec) -> list[str | None]:
+    """Each device's target dev as build() names it (None for a NIC)."""
+    return _disk_targets(spec)
+
+
 def _letters(n: int) -> str:
     # 0 -> a, 25 -> z, 26 -> aa: libvirt's own disk naming.
     out = ""
