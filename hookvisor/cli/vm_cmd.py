@@ -224,3 +224,7 @@ def register(sub: Any) -> None:
     from hookvisor.cli import vm_live_cmd
 
     vm_live_cmd.register(verbs)
+    # mem-add, cpus, ticket: VDSM's other hook-point verbs.
+    from hookvisor.cli import vm_extra_cmd
+
+    vm_extra_cmd.register(verbs)
