@@ -22,9 +22,8 @@ from typing import Any
 from hookvisor.agent.context import Context
 from hookvisor.agent.hookcalls import family
 from hookvisor.agent.hotplug import _live, _locked, _running
-from hookvisor.agent.lifecycle import metadata_of
 from hookvisor.agent.params import _INT_RE, _Problems, _props, show
-from hookvisor.agent.vm import HOTPLUGGING, UPDATING, Vm
+from hookvisor.agent.vm import HOTPLUGGING, UPDATING
 from hookvisor.errors import Code, VdsmError
 from hookvisor.virt import domain_xml as dx
 from hookvisor.virt.host import HostError
@@ -47,15 +46,6 @@ def _int(value: Any, where: str, low: int, high: int, code: Code) -> int:
         raise VdsmError(code, f"{where}: expected an integer from {low} to {high}, "
                         f"got {show(value)}")
     return value
-
-
-def _remember(ctx: Context, vm: Vm) -> None:
-    """The VM's params (smp, memSize) in its live metadata, for a restarted agent."""
-    try:
-        ctx.host.set_metadata(vm.vm_id, dx.metadata_element(metadata_of(vm)), dx.PREFIX,
-                              dx.NS)
-    except HostError as e:
-        log.warning("VM %s: cannot update its metadata: %s", vm.vm_id, e)
 
 
 def _libvirt_error(e: HostError, code: Code, what: str) -> VdsmError:
@@ -98,8 +88,10 @@ def hotplug_memory(ctx: Context, params: Any) -> dict[str, Any]:
                                          f"into VM {vm.vm_id}") from None
                 added = _size_mib(elem) or size
                 vm.params["memSize"] = int(vm.params.get("memSize") or 0) + added
-                _live(ctx, vm, code)
-                _remember(ctx, vm)
+                # The agent's record follows without a libvirt round trip; a restarted
+                # agent reads the sizes from the live XML (recovery), so no metadata write.
+                if vm.xml:
+                    vm.xml = dx.add_device(vm.xml, final)
             log.info("VM %s: %d MiB of memory plugged (node %s)", vm.vm_id, added, node)
             return final
 
@@ -135,8 +127,7 @@ def set_number_of_cpus(ctx: Context, vm_id: Any, count: Any) -> dict[str, Any]:
                 except HostError as e:
                     raise _libvirt_error(e, code, f"libvirt could not set VM {vm.vm_id}'s "
                                          f"vCPUs to {number}") from None
-                vm.params["smp"] = number
-                _remember(ctx, vm)
+                vm.params["smp"] = number  # recovery reads it from the live XML
             log.info("VM %s: %d vCPUs", vm.vm_id, number)
 
         ctx.hooks.around(SET_NUM_OF_CPUS, "", vm, act)
@@ -168,7 +159,11 @@ def set_ticket(ctx: Context, vm_id: Any, password: Any, ttl: Any,
         raise VdsmError(code, "bad setTicket params: " + "; ".join(problems.items))
 
     def body() -> dict[str, Any]:
-        domxml = _live(ctx, vm, code)  # without VIR_DOMAIN_XML_SECURE: no password in it
+        # Without VIR_DOMAIN_XML_SECURE: no password in it. Fresh for the hooks; else
+        # the agent's own record will do (libvirt only needs the device's type).
+        hooked = ctx.hooks.wanted(VM_SET_TICKET.before) or ctx.hooks.wanted(
+            VM_SET_TICKET.after)
+        domxml = _live(ctx, vm, code) if hooked or not vm.xml else vm.xml
         graphics = next((e for e in dx.device_elements(domxml) if e.tag == "graphics"), None)
         if graphics is None:
             raise VdsmError(code, f"VM {vm.vm_id} has no graphics device")

@@ -504,3 +504,21 @@ def remove_device(text: str, match: Callable[[ET.Element], bool]) -> str:
             parent.remove(elem)
             break
     return to_string(root)
+
+
+def live_sizes(text: str) -> dict[str, int]:
+    """{memSize (MiB), smp} as the domain has them now (DIMMs and vCPUs plugged live)."""
+    root = parse_domain(text)
+    out: dict[str, int] = {}
+    memory = root.find("memory")
+    if memory is not None and (memory.text or "").strip().isdigit():
+        scale = {"kib": 1 / 1024, "k": 1 / 1024, "mib": 1, "m": 1, "gib": 1024, "g": 1024,
+                 "b": 1 / 2**20, "bytes": 1 / 2**20}.get(memory.get("unit", "KiB").lower())
+        if scale is not None:
+            out["memSize"] = int(int(memory.text or 0) * scale)
+    vcpu = root.find("vcpu")
+    if vcpu is not None:
+        count = vcpu.get("current") or (vcpu.text or "").strip()
+        if count.isdigit():
+            out["smp"] = int(count)
+    return out

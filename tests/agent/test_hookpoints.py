@@ -229,3 +229,12 @@ json.dump(devs, open(path, "w"))
     hooked = agent.call("hostdevListByCaps")["deviceList"]
     assert hooked["hooked_dev"]["params"]["vendor"] == "hook"
     assert set(hooked) == set(devices) | {"hooked_dev"}
+
+
+def test_live_sizes() -> None:
+    from hookvisor.virt import domain_xml as dx
+
+    xml = ("<domain><memory unit='KiB'>786432</memory><vcpu current='3'>8</vcpu>"
+           "<devices/></domain>")
+    assert dx.live_sizes(xml) == {"memSize": 768, "smp": 3}
+    assert dx.live_sizes("<domain><vcpu>2</vcpu></domain>") == {"smp": 2}

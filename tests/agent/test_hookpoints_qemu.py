@@ -140,7 +140,8 @@ def live(vm_id: str, flags: int = 0) -> ET.Element:
 # --- memory -----------------------------------------------------------------------------
 
 
-def test_memory_hotplug_with_a_modifying_hook(agent: Any, dirs: Any, guest: str) -> None:
+def test_memory_hotplug_with_a_modifying_hook(agent: Any, dirs: Any, guest: str,
+                                               serve_process: Any) -> None:
     # The hook doubles the DIMM: its change is what libvirt attaches.
     dirs.hook("before_memory_hotplug", "60_double",
               "sed -i 's|>131072<|>262144<|' \"$_hook_domxml\"\n")
@@ -154,6 +155,12 @@ def test_memory_hotplug_with_a_modifying_hook(agent: Any, dirs: Any, guest: str)
     assert events(dirs) == ["before_memory_hotplug root=memory user= tag=blue",
                             "after_memory_hotplug root=memory user= tag=blue"]
     assert ">262144<" in (dirs.root / "after_memory_hotplug.data").read_text()
+    # A restarted agent reads the VM's size from libvirt (no metadata write per change).
+    agent.stop()
+    again = serve_process(QEMU_URI, ["--config", str(dirs.root / "agent.toml")])
+    [vm] = again.api.list(True, [guest])["vmList"]
+    assert (vm["memSize"], vm["smp"]) == (512, 1)
+    agent = again
     # More than <maxMemory> allows: libvirt's refusal, named, as hotplugMem.
     too_big = agent.api.hotplugMemory({"vmId": guest, "memory": {"size": 4096, "node": 0}})
     assert code(too_big) == 70, too_big
