@@ -245,3 +245,12 @@ def test_live_sizes() -> None:
            "<devices/></domain>")
     assert dx.live_sizes(xml) == {"memSize": 768, "smp": 3}
     assert dx.live_sizes("<domain><vcpu>2</vcpu></domain>") == {"smp": 2}
+
+
+def test_hostdev_failing_after_hook_leaves_the_list(direct_agent: Any, dirs: Any) -> None:
+    agent = direct_agent()
+    plain = agent.call("hostdevListByCaps")["deviceList"]
+    dirs.hook("after_hostdev_list_by_caps", "50_break",
+              'echo "{}" > "$_hook_json"; echo broken >&2; exit 1\n')
+    reply = agent.call("hostdevListByCaps")
+    assert code(reply) == 0 and reply["deviceList"] == plain  # VDSM: raiseError=False
