@@ -104,7 +104,7 @@ def _parsed(xml: str) -> dict[str, Any]:
         _PARSED[xml] = params
     # A copy (the address struct too): the cache must not change with a reply.
     out = dict(params)
-    if "address" in out:
+    if isinstance(out.get("address"), dict):  # a net device's address is its MAC
         out["address"] = dict(out["address"])
     return out
 

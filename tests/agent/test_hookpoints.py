@@ -254,3 +254,31 @@ def test_hostdev_failing_after_hook_leaves_the_list(direct_agent: Any, dirs: Any
               'echo "{}" > "$_hook_json"; echo broken >&2; exit 1\n')
     reply = agent.call("hostdevListByCaps")
     assert code(reply) == 0 and reply["deviceList"] == plain  # VDSM: raiseError=False
+
+
+def test_device_params_in_vdsms_shape() -> None:
+    from hookvisor.agent import hostdev
+
+    pci = """<device><name>pci_0000_00_1f_2</name><parent>computer</parent>
+      <driver><name>ahci</name></driver>
+      <capability type='pci'><domain>0</domain><bus>0</bus><slot>31</slot><function>2</function>
+        <product id='0x2922'>82801IR/IO/IH (ICH9R/DO/DH) SATA Controller</product>
+        <vendor id='0x8086'>Intel Corporation</vendor>
+        <iommuGroup number='7'><address domain='0x0000' bus='0x00' slot='0x1f'
+        function='0x2'/></iommuGroup><numa node='0'/></capability></device>"""
+    assert hostdev.device_params(pci) == {
+        "capability": "pci", "is_assignable": "true", "parent": "computer", "driver": "ahci",
+        "product": "82801IR/IO/IH (ICH9R/DO/DH) SATA Controller", "product_id": "0x2922",
+        "vendor": "Intel Corporation", "vendor_id": "0x8086", "iommu_group": "7",
+        "numa_node": "0",
+        "address": {"domain": "0", "bus": "0", "slot": "31", "function": "2"}}
+    net = """<device><name>net_eth0_52_54_00_aa_bb_cc</name><parent>computer</parent>
+      <capability type='net'><interface>eth0</interface><address>52:54:00:aa:bb:cc</address>
+      </capability></device>"""
+    params = hostdev.device_params(net)
+    assert params["interface"] == "eth0" and params["address"] == "52:54:00:aa:bb:cc"
+    # Handed out twice (the second from the cache), each a copy of its own.
+    first = hostdev._parsed(pci)
+    first["address"]["bus"] = "changed"
+    assert hostdev._parsed(pci)["address"]["bus"] == "0"
+    assert hostdev._parsed(net) == hostdev._parsed(net) == params
