@@ -21,6 +21,8 @@ XMLs are compared so that a difference between the guests is said.
 
 With --live-rounds (default 5), bench/live_ops.py: NIC plug+unplug, disk
 plug+unplug and save+restore on the tiny booting guest, agent over libvirt.
+With --hookpoint-rounds (default 3), bench/hookpoints.py: hotplugMemory,
+setNumberOfCpus, setTicket, hostdevListByCaps against the same libvirt calls.
 
 The last line is the worst ratio: `api_overhead_ratio=X.XX`.
 """
@@ -401,6 +403,9 @@ def main() -> None:
     parser.add_argument("--live-rounds", type=int, default=5,
                         help="rounds of NIC/disk plug+unplug and save+restore on the tiny "
                         "guest (bench/live_ops.py); 0 skips them")
+    parser.add_argument("--hookpoint-rounds", type=int, default=3,
+                        help="rounds of hotplugMemory, setNumberOfCpus, setTicket and "
+                        "hostdevListByCaps on the tiny guest (bench/hookpoints.py); 0 skips")
     args = parser.parse_args()
     if args.bare_server:
         serve_bare(int(args.bare_server[0]), args.bare_server[1], args.bare_server[2] or None)
@@ -419,6 +424,11 @@ def main() -> None:
         from live_ops import bench_live
 
         ratios += bench_live(args.live_rounds, lambda extra: Agent("qemu:///system", extra=extra))
+    if args.hookpoint_rounds > 0 and qemu_reachable():
+        from hookpoints import bench_hookpoints
+
+        ratios += bench_hookpoints(args.hookpoint_rounds,
+                                   lambda extra: Agent("qemu:///system", extra=extra))
     else:
         print("qemu:///system not reachable or --qemu-rounds 0: real-guest figure not measured")
     print(f"api_overhead_ratio={max(ratios):.2f}")

@@ -100,6 +100,17 @@ class Settings:
     # How many of the newest chains keep their input (the rest keep their runs only).
     hook_inputs_kept: int = 200
 
+    # --- VDSM's other hook points (issue 13): what a params-built VM is made ready for ---
+    # DIMM slots of <maxMemory> (hotplugMemory); 0: no memory hot-plug.
+    memory_slots: int = 16
+    # <maxMemory> in MiB; 0: four times memSize.
+    max_memory_mib: int = 0
+    # <vcpu current='smp'>max</vcpu> (setNumberOfCpus); at most the host's limit.
+    max_vcpus_per_vm: int = 16
+    # The console device: "vnc" (loopback, expired placeholder password until a
+    # setTicket), "spice", or "none".
+    graphics: str = "vnc"
+
     def pki_paths(self) -> tuple[Path, Path, Path]:
         """(CA certificate, host certificate, host key), defaults under pki_dir."""
         return (self.ca_cert or self.pki_dir / "certs" / "cacert.pem",

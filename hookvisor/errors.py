@@ -27,6 +27,10 @@ class Code(IntEnum):
     HOOK_ERROR = 78
     RECOVERY = 99
     GENERAL = 100
+    # VDSM's codes of its own hook-point verbs (issue 13).
+    TICKET_ERR = 18
+    SET_NUMBER_OF_CPUS_ERR = 60
+    HOTPLUG_MEM = 70
 
 
 # VDSM's names for the codes, as its clients see them in logs.
@@ -49,6 +53,9 @@ CODE_NAMES: dict[Code, str] = {
     Code.HOOK_ERROR: "hookError",
     Code.RECOVERY: "recovery",
     Code.GENERAL: "general",
+    Code.TICKET_ERR: "ticketErr",
+    Code.SET_NUMBER_OF_CPUS_ERR: "setNumberOfCpusErr",
+    Code.HOTPLUG_MEM: "hotplugMem",
 }
 
 

@@ -19,7 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from hookvisor.agent import hibernation, hotplug, lifecycle, recovery, reports
+from hookvisor.agent import (
+    devices_extra,
+    hibernation,
+    hostdev,
+    hotplug,
+    lifecycle,
+    recovery,
+    reports,
+)
 from hookvisor.agent.context import Context, PropertyChecker
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.network import NetworkService
@@ -224,6 +232,19 @@ class Agent:
 
     def vm_update_device(self, vm_id: Any, params: Any = None) -> dict[str, Any]:
         return hotplug.update_device(self.ctx, vm_id, params)
+
+    def hotplug_memory(self, params: Any) -> dict[str, Any]:
+        return devices_extra.hotplug_memory(self.ctx, params)
+
+    def set_number_of_cpus(self, vm_id: Any, number_of_cpus: Any = None) -> dict[str, Any]:
+        return devices_extra.set_number_of_cpus(self.ctx, vm_id, number_of_cpus)
+
+    def set_ticket(self, vm_id: Any, password: Any = None, ttl: Any = 0,
+                   existing_conn_action: Any = "disconnect", params: Any = None) -> None:
+        devices_extra.set_ticket(self.ctx, vm_id, password, ttl, existing_conn_action, params)
+
+    def hostdev_list_by_caps(self, caps: Any = None) -> dict[str, Any]:
+        return hostdev.list_by_caps(self.ctx, caps)
 
     def list_vms(self, full: Any = False, vm_list: Any = None) -> list[dict[str, Any]]:
         full = bool_arg(full, "fullStatus")

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hookvisor.agent import diskprep
 from hookvisor.agent.context import Context
 from hookvisor.agent.hookcalls import Family, family
 from hookvisor.agent.lifecycle import client_policy, metadata_of
@@ -207,7 +208,8 @@ def _new_nic(ctx: Context, params: dict[str, Any], live: str) -> tuple[str, dict
     return xml, custom
 
 
-def _new_disk(ctx: Context, params: dict[str, Any], live: str) -> tuple[str, dict[str, str]]:
+def _new_disk(ctx: Context, params: dict[str, Any], live: str,
+              vm: Vm | None = None) -> tuple[str, dict[str, str]]:
     code = DISK.plug_code
     problems = _Problems()
     if params.get("xml") is not None:
@@ -226,7 +228,7 @@ def _new_disk(ctx: Context, params: dict[str, Any], live: str) -> tuple[str, dic
         dev = params.get("drive")
         if not isinstance(dev, dict):
             raise VdsmError(code, f"drive: expected a device struct (or xml), got {dev!r}")
-        spec, _shown = _disk(dev, "drive", problems, client_policy(ctx))
+        spec, shown = _disk(dev, "drive", problems, client_policy(ctx))
         if problems.items:
             raise VdsmError(code, "bad hotplugDisk params: " + "; ".join(problems.items))
         if spec.path:
@@ -235,6 +237,9 @@ def _new_disk(ctx: Context, params: dict[str, Any], live: str) -> tuple[str, dic
         name = dev.get("name")
         target = name if isinstance(name, str) and name else dx.free_disk_target(
             live, spec.iface)
+        if vm is not None:
+            # Path checked: after_disk_prepare may swap it (VDSM's localdisk hook).
+            spec, _shown = diskprep.prepare(ctx, vm, spec, shown, target, "drive", code)
         xml = _aliased(dx.disk_xml(spec, target))
     if problems.items:
         raise VdsmError(code, "bad hotplugDisk params: " + "; ".join(problems.items))
@@ -256,7 +261,7 @@ def hotplug(ctx: Context, params: Any, kind: Kind) -> dict[str, Any]:
         if kind is NIC:
             xml, custom = _new_nic(ctx, params, live)
         else:
-            xml, custom = _new_disk(ctx, params, live)
+            xml, custom = _new_disk(ctx, params, live, vm)
         key = dx.device_key(dx.parse(xml, "device XML"))
         # Not dx.find_device: that serialises every device of the domain.
         if key is not None and _find(live, kind.tag,

@@ -8,11 +8,13 @@ changes the outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from hookvisor.agent import diskprep
 from hookvisor.agent.context import Context
 from hookvisor.agent.hookcalls import HookSetupError, describe_os_error, family
 from hookvisor.agent.params import CreateRequest, parse_create
@@ -23,6 +25,7 @@ from hookvisor.hooks import launchflags
 from hookvisor.props.errors import PropertyError
 from hookvisor.virt import domain_xml as dx
 from hookvisor.virt.host import HostError
+from hookvisor.virt.spec import VmSpec
 
 log = logging.getLogger("hookvisor.agent")
 
@@ -81,7 +84,9 @@ def _device_props(ctx: Context, req: CreateRequest) -> dict[str, dict[str, str]]
         return device_props
     # Keys as libvirt will see them (generated targets): from the XML itself.
     xml = dx.build(req.spec, ctx.host.domain_type, ctx.host.arch)
-    for ref, dev in zip(dx.devices(xml), req.spec.devices, strict=True):
+    # The spec's devices come first, in order (the console the builder adds last).
+    refs = dx.devices(xml)[:len(req.spec.devices)]
+    for ref, dev in zip(refs, req.spec.devices, strict=True):
         if dev.custom and ref.key is not None:
             device_props[ref.key] = dict(dev.custom)
     return device_props
@@ -199,13 +204,32 @@ def client_policy(ctx: Context) -> ClientPolicy:
     )
 
 
+def ready_spec(ctx: Context, spec: VmSpec) -> VmSpec:
+    """`spec` with what a live DIMM, vCPU or ticket change needs (the settings')."""
+    settings = ctx.settings
+    host_max = ctx.host.max_vcpus()
+    max_vcpus = settings.max_vcpus_per_vm
+    if host_max:
+        max_vcpus = min(max_vcpus, host_max)
+    max_mem = settings.max_memory_mib or 4 * spec.mem_mib
+    graphics = settings.graphics if settings.graphics in ("vnc", "spice") else "none"
+    return dataclasses.replace(spec, max_vcpus=max(max_vcpus, spec.smp),
+                               max_mem_mib=max_mem, mem_slots=settings.memory_slots,
+                               graphics=graphics)
+
+
 def create(ctx: Context, params: Any) -> dict[str, Any]:
     _known_id(ctx, params)
     req = parse_create(params, client_policy(ctx))
+    if req.spec is not None:
+        req = dataclasses.replace(req, spec=ready_spec(ctx, req.spec))
     device_props = _device_props(ctx, req)
     _check_props(ctx, req, device_props)
     vm = Vm(req.vm_id, req.name, req.params, dict(req.vm_props), device_props,
             started_at=time.time())
+    if req.spec is not None:
+        # Paths resolved and checked: after_disk_prepare may swap them (localdisk).
+        req = dataclasses.replace(req, spec=diskprep.prepare_create(ctx, vm, req.spec))
     xml = _initial(ctx, req, vm)
     # Locked before it is listed: a destroy racing this create waits for it to finish.
     with vm.lock, vm.doing(STARTING):

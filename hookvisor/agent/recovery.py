@@ -46,6 +46,8 @@ def adopt(ctx: Context, domains: Iterable[DomainInfo]) -> int:
         started = params.pop("startedAt", None)
         # The devices as they are now (hot-plugged ones too), not as created.
         params["devices"] = dx.device_views(dom.xml, meta.device_props)
+        # Likewise its size (hotplugMemory, setNumberOfCpus change it live).
+        params.update({k: v for k, v in dx.live_sizes(dom.xml).items() if k in params})
         vm = Vm(
             vm_id=dom.uuid,
             name=dom.name,

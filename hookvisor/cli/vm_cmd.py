@@ -282,6 +282,11 @@ def register(sub: Any) -> None:
 
     vm_live_cmd.register(verbs)
 
+    # mem-add, cpus, ticket: VDSM's other hook-point verbs.
+    from hookvisor.cli import vm_extra_cmd
+
+    vm_extra_cmd.register(verbs)
+
     for verb_parser in verbs.choices.values():
         add_client_options(verb_parser, after=True)
         add_global_options(verb_parser)

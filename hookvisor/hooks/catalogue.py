@@ -36,6 +36,9 @@ class Event:
     extras: tuple[str, ...] = ()  # extra environment names the caller may pass
     # Agent start/stop hooks run as root with PATH, HOME, LANG only.
     clean_env: bool = False
+    # The caller's own parameters become variables (VDSM's setTicket `params`):
+    # any name, each checked as a custom property is (no PATH, LD_*, _hook_*...).
+    open_extras: bool = False
 
 
 D, d, J, N = Payload.DOMAIN, Payload.DEVICE, Payload.JSON, Payload.NONE
@@ -93,12 +96,26 @@ _TABLE: tuple[tuple[str, Payload, bool, bool, tuple[str, ...]], ...] = (
     ("after_get_vm_stats", J, True, False, ()),
     ("before_get_all_vm_stats", J, True, True, ()),
     ("after_get_all_vm_stats", J, True, False, ()),
+    # VDSM's own hook points that the seeds do not list (lib/vdsm/common/hooks.py).
+    ("before_memory_hotplug", d, True, True, ()),
+    ("after_memory_hotplug", d, False, False, ()),
+    ("before_set_num_of_cpus", N, False, True, ()),
+    ("after_set_num_of_cpus", N, False, False, ()),
+    # after_disk_prepare: VDSM's localdisk hook swaps the drive's path here.
+    ("after_disk_prepare", J, True, True, ()),
+    # VDSM runs it with raiseError=False: its result replaces the list, a failure is logged.
+    ("after_hostdev_list_by_caps", J, True, False, ()),
 )
+
+# setTicket's hooks: the domain XML, the client's `params` as variables; a failing
+# before_ hook is logged and the ticket is set anyway (VDSM: raiseError=False).
+_TICKET = ("before_vm_set_ticket", "after_vm_set_ticket")
 
 EVENTS: dict[str, Event] = {
     "before_vdsm_start": Event("before_vdsm_start", N, False, False, clean_env=True),
     "after_vdsm_stop": Event("after_vdsm_stop", N, False, False, clean_env=True),
     **{row[0]: Event(*row) for row in _TABLE},
+    **{name: Event(name, D, False, False, open_extras=True) for name in _TICKET},
 }
 
 

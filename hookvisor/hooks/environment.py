@@ -65,10 +65,13 @@ def build_environment(
             for k, v in base_env.items()
             if not k.startswith(RESERVED_PREFIXES[1]) and k not in ("vmId", "FROM_SNAPSHOT")
         }
+    if event.open_extras:
+        # The caller's params first: a VM property of the same name wins (VDSM order).
+        env.update(_props(extra_env or {}, "parameter", refused))
     # Device first, then VM: where both name a property, the VM's wins (VDSM).
     env.update(_props(device_props or {}, "device", refused))
     env.update(_props(vm_props or {}, "VM", refused))
-    for name, value in (extra_env or {}).items():
+    for name, value in (extra_env or {}).items() if not event.open_extras else ():
         if name not in event.extras:
             raise ValueError(f"event {event.name} takes no extra variable {name!r}")
         env[name] = value

@@ -552,7 +552,7 @@ class HookRunner:
         variable the event does not take.
         """
         ev = get_event(event)
-        for name in extra_env or {}:
+        for name in () if ev.open_extras else extra_env or {}:
             if name not in ev.extras:
                 raise ValueError(f"event {ev.name} takes no extra variable {name!r}")
         chain_id = uuid.uuid4().hex

@@ -55,6 +55,11 @@ def verb_table(agent: Agent) -> dict[str, Verb]:
         Verb("setupNetworks", agent.setup_networks, False, None, changes=True),
         Verb("confirmConnectivity", agent.confirm_connectivity, False, None),
         Verb("setSafeNetworkConfig", agent.set_safe_network_config, False, None, changes=True),
+        # VDSM's verbs of the hook points beyond the seeds (issue 13).
+        Verb("hotplugMemory", agent.hotplug_memory, True, "vmList", changes=True),
+        Verb("setNumberOfCpus", agent.set_number_of_cpus, True, "vmList", changes=True),
+        Verb("setTicket", agent.set_ticket, True, None, changes=True),
+        Verb("hostdevListByCaps", agent.hostdev_list_by_caps, False, "deviceList"),
         Verb("getCustomPropertyDefinitions", agent.get_custom_property_definitions, False,
              "definitions"),
     )

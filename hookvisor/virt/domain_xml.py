@@ -146,6 +146,11 @@ def _disk_targets(spec: VmSpec) -> list[str | None]:
     return names
 
 
+def disk_targets(spec: VmSpec) -> list[str | None]:
+    """Each device's target dev as build() names it (None for a NIC)."""
+    return _disk_targets(spec)
+
+
 def _letters(n: int) -> str:
     # 0 -> a, 25 -> z, 26 -> aa: libvirt's own disk naming.
     out = ""
@@ -166,6 +171,18 @@ def _disk(disk: DiskSpec, target: str) -> _Node:
     if disk.boot_order is not None:
         children.append(_node("boot", order=str(disk.boot_order)))
     return _node("disk", None, children, type="file", device=disk.device)
+
+
+# VDSM starts graphics with this placeholder, already expired: no one connects
+# until a setTicket, and QEMU takes a password live only if it started with one.
+PLACEHOLDER_PASSWD = "*****"
+EXPIRED = "1970-01-01T00:00:01"
+
+
+def graphics_node(kind: str) -> _Node:
+    return _node("graphics", None, [_node("listen", type="address", address="127.0.0.1")],
+                 type=kind, autoport="yes", listen="127.0.0.1", passwd=PLACEHOLDER_PASSWD,
+                 passwdValidTo=EXPIRED)
 
 
 def _nic(nic: NicSpec) -> _Node:
@@ -206,11 +223,29 @@ def build(spec: VmSpec, domain_type: str, arch: str = "x86_64",
     children = [_node("name", spec.name), _node("uuid", spec.vm_id)]
     if meta is not None:
         children.append(_metadata_node(meta))
+    hotplug_mem = spec.mem_slots > 0 and spec.max_mem_mib > spec.mem_mib
+    if hotplug_mem:
+        children.append(_node("maxMemory", str(spec.max_mem_mib), slots=str(spec.mem_slots),
+                              unit="MiB"))
+    max_vcpus = max(spec.max_vcpus, spec.smp)
     children += [
         _node("memory", str(spec.mem_mib), unit="MiB"),
         _node("currentMemory", str(spec.mem_mib), unit="MiB"),
-        _node("vcpu", str(spec.smp)),
+        ("vcpu", {"current": str(spec.smp)} if max_vcpus > spec.smp else {},
+         str(max_vcpus), []),
         _node("os", None, [_node("type", "hvm", arch=arch, machine="pc")]),
+    ]
+    if hotplug_mem:
+        # A DIMM goes to a NUMA node, and QEMU announces it through ACPI.
+        children += [
+            _node("features", None, [_node("acpi")]),
+            _node("cpu", None, [_node("numa", None, [
+                _node("cell", id="0", cpus=f"0-{max_vcpus - 1}" if max_vcpus > 1 else "0",
+                      memory=str(spec.mem_mib), unit="MiB")])]),
+        ]
+    if spec.graphics != "none":
+        devices.append(graphics_node(spec.graphics))
+    children += [
         _node("on_poweroff", "destroy"),
         _node("on_reboot", "restart"),
         _node("on_crash", "destroy"),
@@ -490,3 +525,21 @@ def remove_device(text: str, match: Callable[[ET.Element], bool]) -> str:
             parent.remove(elem)
             break
     return to_string(root)
+
+
+def live_sizes(text: str) -> dict[str, int]:
+    """{memSize (MiB), smp} as the domain has them now (DIMMs and vCPUs plugged live)."""
+    root = parse_domain(text)
+    out: dict[str, int] = {}
+    memory = root.find("memory")
+    if memory is not None and (memory.text or "").strip().isdigit():
+        scale = {"kib": 1 / 1024, "k": 1 / 1024, "mib": 1, "m": 1, "gib": 1024, "g": 1024,
+                 "b": 1 / 2**20, "bytes": 1 / 2**20}.get(memory.get("unit", "KiB").lower())
+        if scale is not None:
+            out["memSize"] = int(int(memory.text or 0) * scale)
+    vcpu = root.find("vcpu")
+    if vcpu is not None:
+        count = vcpu.get("current") or (vcpu.text or "").strip()
+        if count.isdigit():
+            out["smp"] = int(count)
+    return out

@@ -674,6 +674,32 @@ class Host:
         return found
 
 
+    # --- VDSM's other hook points (issue 13) ----------------------------------
+
+    def set_vcpus(self, uuid: str, count: int) -> None:
+        """The running domain's vCPU count, live (within its <vcpu> maximum)."""
+        self._call(uuid, lambda dom: dom.setVcpusFlags(count, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def vcpus(self, uuid: str) -> int:
+        """The running domain's live vCPU count."""
+        return int(self._call(uuid, lambda dom: dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE)))
+
+    def node_devices(self, flags: int = 0) -> list[tuple[str, str]]:
+        """(name, XML) of the host's node devices libvirt lists (listAllDevices)."""
+        conn = self._current()
+        try:
+            devices = conn.listAllDevices(flags)
+        except libvirt.libvirtError as e:
+            raise self._error(e, conn) from None
+        out = []
+        for dev in devices:
+            try:
+                out.append((str(dev.name()), str(dev.XMLDesc(0))))
+            except libvirt.libvirtError:
+                continue  # gone while we looked (VDSM skips it too)
+        return out
+
+
 def _release(conn: Any, event_ids: list[int]) -> None:
     """Let go of a connection, dead or alive: nothing here may fail or wait long."""
     with contextlib.suppress(libvirt.libvirtError):

@@ -40,3 +40,8 @@ class VmSpec:
     mem_mib: int
     smp: int
     devices: tuple[DeviceSpec, ...] = ()
+    # What the VM may grow to live (0: as it starts): vCPUs, and memory in DIMM slots.
+    max_vcpus: int = 0
+    max_mem_mib: int = 0
+    mem_slots: int = 0
+    graphics: str = "none"  # "vnc" | "spice" | "none": a loopback console

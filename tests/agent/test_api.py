@@ -100,7 +100,7 @@ def test_device_hook_replaces_in_place_keeping_order(props: Any, inproc_agent: A
         handed = dx.devices((dirs.root / "domain.xml").read_text())
         assert [(r.kind, r.key) for r in handed] == [
             ("interface", f"interface:{MAC0}"), ("interface", f"interface:{MAC1}"),
-            ("disk", "disk:hda")]
+            ("disk", "disk:hda"), ("graphics", None)]  # the console the agent adds, last
         assert "br0" in handed[0].xml and "br7" in handed[1].xml
         assert (dirs.root / "devices.log").read_text().count("<interface") == 1
     finally:

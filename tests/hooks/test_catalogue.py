@@ -42,7 +42,19 @@ SPEC = [
     ("before_get_stats", J, True, True), ("after_get_stats", J, True, False),
     ("before_get_vm_stats", J, True, True), ("after_get_vm_stats", J, True, False),
     ("before_get_all_vm_stats", J, True, True), ("after_get_all_vm_stats", J, True, False),
+    # VDSM's hook points beyond the seeds (issue 13).
+    ("before_memory_hotplug", d, True, True), ("after_memory_hotplug", d, False, False),
+    ("before_set_num_of_cpus", N, False, True), ("after_set_num_of_cpus", N, False, False),
+    ("before_vm_set_ticket", D, False, False), ("after_vm_set_ticket", D, False, False),
+    ("after_disk_prepare", J, True, True), ("after_hostdev_list_by_caps", J, True, False),
 ]
+
+# VDSM's hooks.py has 58 hook points; the seeds add the two disk _fail events.
+VDSM_EVENTS = 58
+
+
+def test_sixty_events_vdsm_and_the_seeds() -> None:
+    assert len(EVENTS) == len(SPEC) == VDSM_EVENTS + 2 == 60
 
 
 def test_catalogue_is_exactly_the_spec_table() -> None:
@@ -56,6 +68,9 @@ def test_extras_and_clean_environment() -> None:
     assert get_event("before_vm_dehibernate").extras == ("FROM_SNAPSHOT",)
     assert get_event("after_vm_dehibernate").extras == ("FROM_SNAPSHOT",)
     assert get_event("before_vm_start").extras == ()
+    # setTicket's params become variables, whatever their names (checked as properties).
+    assert {n for n, e in EVENTS.items() if e.open_extras} == {"before_vm_set_ticket",
+                                                              "after_vm_set_ticket"}
     assert {n for n, e in EVENTS.items() if e.clean_env} == {"before_vdsm_start",
                                                             "after_vdsm_stop"}
 
@@ -73,3 +88,11 @@ def test_payload_variables() -> None:
 def test_unknown_absolute_and_dotdot_refused(name: str) -> None:
     with pytest.raises(ValueError):
         get_event(name)
+
+
+def test_docs_list_every_event() -> None:
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "hooks.md").read_text()
+    missing = [name for name in EVENTS if f"| `{name}` |" not in docs]
+    assert not missing

@@ -105,3 +105,27 @@ def test_property_environment(vm: dict[str, str], dev: dict[str, str]) -> None:
         if name.startswith(RESERVED_PREFIXES) or name in RESERVED_NAMES:
             assert name in ("PATH", "HOME", "PYTHONPATH", "vmId", "_hook_domxml",
                             LAUNCHFLAGS_VAR)
+
+
+def test_ticket_params_become_variables_checked_as_properties() -> None:
+    from hookvisor.hooks.catalogue import get_event
+    from hookvisor.hooks.environment import build_environment
+
+    env = build_environment(get_event("before_vm_set_ticket"), base_env={"PATH": "/bin"},
+                            vm_id="v", vm_props={"userName": "vm-wins"},
+                            extra_env={"userName": "alice", "userId": "7",
+                                       "LD_PRELOAD": "/x.so", "PATH": "/evil"})
+    assert env.env["userId"] == "7"
+    assert env.env["userName"] == "vm-wins"  # VDSM: the VM's custom properties last
+    assert env.env["PATH"] == "/bin" and "LD_PRELOAD" not in env.env
+    assert len(env.refused) == 2
+
+
+def test_closed_events_still_refuse_unknown_extras() -> None:
+    import pytest
+
+    from hookvisor.hooks.catalogue import get_event
+    from hookvisor.hooks.environment import build_environment
+
+    with pytest.raises(ValueError):
+        build_environment(get_event("before_vm_start"), base_env={}, extra_env={"X": "1"})
