@@ -6,7 +6,6 @@ after a test is destroyed, and the test that left it fails.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import signal
@@ -255,24 +254,12 @@ def inproc_agent(dirs: AgentDirs) -> Iterator[Callable[..., InProcessAgent]]:
 
 
 def hvtest_domains(uri: str) -> list[str]:
-    import libvirt
+    """Destroy (and undefine) the `hvtest-` domains on `uri`; their names."""
+    # Imported here: at conftest import time, before pytest_plugins has loaded it,
+    # the plugin module would escape pytest's assertion rewriting.
+    from guest import destroy_leftovers
 
-    conn = libvirt.open(uri)
-    try:
-        names = []
-        for dom in conn.listAllDomains():
-            if dom.name().startswith(PREFIX):
-                names.append(dom.name())
-                # Asked before destroy: a destroyed transient domain no longer exists.
-                with contextlib.suppress(libvirt.libvirtError):
-                    persistent = dom.isPersistent()
-                    if dom.isActive():
-                        dom.destroy()
-                    if persistent:
-                        dom.undefine()
-        return names
-    finally:
-        conn.close()
+    return destroy_leftovers(uri, PREFIX)
 
 
 def _qemu_reachable() -> str | None:

@@ -335,6 +335,7 @@ def destroy_leftovers(uri: str, prefix: str = "hvtest-") -> list[str]:
                 continue
             names.append(dom.name())
             with contextlib.suppress(libvirt.libvirtError):
+                # Asked before destroy: a destroyed transient domain no longer exists.
                 persistent = dom.isPersistent()
                 if dom.isActive():
                     dom.destroy()

@@ -6,18 +6,12 @@ for it: the guest test stands for it."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from net_support import Namespace
+from net_support import Namespace, req
 
 from hookvisor.net.apply import ApplyError, apply, execute, plan, rollback
-from hookvisor.net.model import Config, parse_request
+from hookvisor.net.model import Config
 from hookvisor.net.report import capabilities
-
-
-def req(networks: Any = None, bondings: Any = None) -> Any:
-    return parse_request(networks or {}, bondings or {}, None)
 
 
 def test_a_vlan_network_on_a_nic(ns: Namespace) -> None:
