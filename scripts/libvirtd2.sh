@@ -144,7 +144,7 @@ start() {
     # on, and a different one invalidates the capabilities cache (8 s of probing
     # instead of 0.2 s). QEMU does not inherit the pinning: libvirt gives each
     # guest all host CPUs unless its XML says otherwise.
-    "${wrap[@]}" unshare --mount --propagation private -- /bin/sh -c '
+    if ! "${wrap[@]}" unshare --mount --propagation private -- /bin/sh -c '
         set -e
         d=$1; shift
         mount -t tmpfs -o mode=755 tmpfs /run/libvirt
@@ -153,7 +153,10 @@ start() {
         mount --bind "$d/log" /var/log/libvirt
         mount --bind "$d/etc" /etc/libvirt
         exec taskset -c 0 libvirtd -d "$@" --config "$d/etc/libvirtd.conf" --pid-file "$d/libvirtd.pid"
-    ' libvirtd2 "$DIR" "${listen[@]}" </dev/null >"$DIR/libvirtd.out" 2>&1
+    ' libvirtd2 "$DIR" "${listen[@]}" </dev/null >"$DIR/libvirtd.out" 2>&1; then
+        echo "libvirtd2: could not start: $(tail -n 20 "$DIR/libvirtd.out")" >&2
+        return 1
+    fi
     if [ -n "$NETNS" ]; then
         echo "qemu+unix:///system?socket=$SOCK/libvirt-sock" >"$DIR/uri"
     else
