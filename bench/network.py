@@ -10,7 +10,8 @@ alternate round by round, each going first every other round.
 The issue asks for 20 VLAN networks on a bond: `--vlans-on-bond` does that
 (bridged VLANs 100.. on a two-slave active-backup bond), but this machine's
 kernel has neither VLANs nor bonding, so it runs inside the tiny guest
-(tests/netguest.py; under TCG: the ratio, not the times, is what it tells).
+(tests/guest.py, its virtiofs flavour; under TCG: the ratio, not the times, is
+what it tells).
 By default bridges on NICs stand in (same planner, same kinds of steps:
 create, enslave, MTU, up, address).
 

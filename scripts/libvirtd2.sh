@@ -9,11 +9,26 @@
 #   stop    destroys its domains, stops it (pid file)
 #   status  prints the URI and exits 0 if it answers, else "stopped" and 1
 # DIR: $HOOKVISOR_LIBVIRTD2_DIR, else var/libvirtd2 (relative to the repo).
+#
+# In a network namespace ($HOOKVISOR_LIBVIRTD2_NETNS=NS, made by `ip netns add`):
+# the daemon runs under `ip netns exec NS`, so its guests' tap devices are made
+# in NS and join NS's bridges; it listens on no TCP port (127.0.0.1 there is not
+# the host's) but on its Unix socket, which the host reaches (a Unix socket is a
+# file: reachable across network namespaces). The URI is then
+# qemu+unix:///system?socket=SOCKDIR/libvirt-sock.
+# SOCKDIR: $HOOKVISOR_LIBVIRTD2_SOCK, else DIR/sock (a socket path holds at most
+# 107 bytes: give a short one when DIR is deep).
 set -euo pipefail
 SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
 DIR=$(readlink -f "${HOOKVISOR_LIBVIRTD2_DIR:-var/libvirtd2}")
 PIDFILE=$DIR/libvirtd.pid
+NETNS=${HOOKVISOR_LIBVIRTD2_NETNS:-}
+SOCK=${HOOKVISOR_LIBVIRTD2_SOCK:-$DIR/sock}
+# Each netns host gets a fresh DIR (a test's), and the main host's capabilities do
+# not fit a daemon pinned to CPU 0 (8 s of probing): the first netns host's probe
+# is kept here for the next ones (valid in any namespace, checked).
+NETNS_CAPS=${HOOKVISOR_LIBVIRTD2_NETNS_CAPS:-var/libvirtd-netns-caps}
 
 alive() {
     local pid
@@ -48,7 +63,7 @@ PY
 
 configure() {
     local port=$1 etc=$DIR/etc
-    mkdir -p "$DIR"/{lib,cache,log/qemu,sock}
+    mkdir -p "$DIR"/{lib,cache,log/qemu} "$SOCK"
     # The main host's config minus its domains and pools: this host starts empty.
     rm -rf "$etc"
     mkdir -p "$etc"
@@ -57,20 +72,32 @@ configure() {
     # QEMU's probed capabilities, valid for the same binaries: start-up 0.2 s, not
     # 8 s. Only what this host lacks: once it has probed for itself (libvirt
     # re-probes when it judges a copy stale), its own cache is kept.
-    if [ -d /var/cache/libvirt/qemu/capabilities ]; then
-        mkdir -p "$DIR/cache/qemu/capabilities"
-        cp -an /var/cache/libvirt/qemu/capabilities/. "$DIR/cache/qemu/capabilities/"
-    fi
+    local from
+    for from in ${NETNS:+"$NETNS_CAPS"} /var/cache/libvirt/qemu/capabilities; do
+        if [ -d "$from" ]; then
+            mkdir -p "$DIR/cache/qemu/capabilities"
+            cp -an "$from/." "$DIR/cache/qemu/capabilities/"
+        fi
+    done
     # One UUID for the life of DIR: a restarted host 2 is the same host.
     [ -s "$DIR/host_uuid" ] || cat /proc/sys/kernel/random/uuid >"$DIR/host_uuid"
+    local listen
+    if [ -n "$NETNS" ]; then
+        listen='listen_tcp = 0'
+    else
+        listen="listen_tcp = 1
+listen_addr = \"127.0.0.1\"
+tcp_port = \"$port\"
+auth_tcp = \"none\""
+    fi
     cat >"$etc/libvirtd.conf" <<CONF
 # hookvisor's second libvirt host (scripts/libvirtd2.sh)
 listen_tls = 0
-listen_tcp = 1
-listen_addr = "127.0.0.1"
-tcp_port = "$port"
-auth_tcp = "none"
-unix_sock_dir = "$DIR/sock"
+$listen
+unix_sock_dir = "$SOCK"
+# Root only (0700), as the main host's qemu:///system: no polkit in between.
+unix_sock_rw_perms = "0700"
+auth_unix_rw = "none"
 host_uuid = "$(cat "$DIR/host_uuid")"
 log_outputs = "3:file:$DIR/log/libvirtd.log"
 CONF
@@ -98,9 +125,16 @@ start() {
         stop
     fi
     mkdir -p "$DIR"
-    local port
-    port=$(pick_port)
-    echo "$port" >"$DIR/port"
+    local port=0 wrap=() listen=(--listen)
+    if [ -n "$NETNS" ]; then
+        [ -e "/run/netns/$NETNS" ] || { echo "libvirtd2: no network namespace $NETNS" >&2; return 1; }
+        # ip netns exec also mounts a sysfs of NS's own (its /sys/class/net).
+        wrap=(ip netns exec "$NETNS")
+        listen=()
+    else
+        port=$(pick_port)
+        echo "$port" >"$DIR/port"
+    fi
     configure "$port"
     rm -f "$PIDFILE"
     # The mounts live and die with the daemon's private mount namespace; the
@@ -110,19 +144,34 @@ start() {
     # on, and a different one invalidates the capabilities cache (8 s of probing
     # instead of 0.2 s). QEMU does not inherit the pinning: libvirt gives each
     # guest all host CPUs unless its XML says otherwise.
-    unshare --mount --propagation private -- /bin/sh -c '
+    if ! "${wrap[@]}" unshare --mount --propagation private -- /bin/sh -c '
         set -e
-        d=$1
+        d=$1; shift
         mount -t tmpfs -o mode=755 tmpfs /run/libvirt
         mount --bind "$d/lib" /var/lib/libvirt
         mount --bind "$d/cache" /var/cache/libvirt
         mount --bind "$d/log" /var/log/libvirt
         mount --bind "$d/etc" /etc/libvirt
-        exec taskset -c 0 libvirtd -d --listen --config "$d/etc/libvirtd.conf" --pid-file "$d/libvirtd.pid"
-    ' libvirtd2 "$DIR" </dev/null >"$DIR/libvirtd.out" 2>&1
-    echo "qemu+tcp://127.0.0.1:$port/system" >"$DIR/uri"
+        exec taskset -c 0 libvirtd -d "$@" --config "$d/etc/libvirtd.conf" --pid-file "$d/libvirtd.pid"
+    ' libvirtd2 "$DIR" "${listen[@]}" </dev/null >"$DIR/libvirtd.out" 2>&1; then
+        echo "libvirtd2: could not start: $(tail -n 20 "$DIR/libvirtd.out")" >&2
+        return 1
+    fi
+    if [ -n "$NETNS" ]; then
+        echo "qemu+unix:///system?socket=$SOCK/libvirt-sock" >"$DIR/uri"
+    else
+        echo "qemu+tcp://127.0.0.1:$port/system" >"$DIR/uri"
+    fi
     for _ in $(seq 1 200); do
         if alive && answers; then
+            if [ -n "$NETNS" ]; then
+                # Probed by now (it answers after): kept for the next netns host.
+                mkdir -p "$NETNS_CAPS"
+                local keep
+                keep=$(mktemp -d "$NETNS_CAPS.XXXXXX")
+                cp -a "$DIR/cache/qemu/capabilities/." "$keep/"
+                rm -rf "$NETNS_CAPS" && mv "$keep" "$NETNS_CAPS"
+            fi
             echo "libvirtd2: running ($(uri))" >&2
             uri
             return 0

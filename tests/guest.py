@@ -6,7 +6,8 @@ XML that boots it and acknowledges PCI hot-unplug, waits for its serial
 console's markers, and collects libvirt's DEVICE_REMOVED events.
 
 A second libvirt host on this machine (scripts/libvirtd2.sh, SPEC §5) is the
-migration target: `start_second_host` starts it (idempotent) and gives its URI.
+migration target: `start_second_host` starts it (idempotent) and gives its URI;
+with a network namespace it is a libvirt host whose guests' taps live there.
 
 Fixtures (registered by `pytest_plugins` in tests/conftest.py); each skips when
 what it needs is missing, and FAILS instead under CI=true:
@@ -33,6 +34,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 import pytest
+from support import unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_DIR = Path(os.environ.get("HOOKVISOR_GUEST_DIR") or REPO / "var" / "guest")
@@ -285,16 +287,36 @@ def build_guest(directory: Path = GUEST_DIR) -> TinyGuest:
     return TinyGuest(kernel, initrd)
 
 
-def start_second_host() -> str:
-    """The second libvirt host's URI, started if it is not running; RuntimeError if it cannot."""
+def _libvirtd2(command: str, directory: Path | None, netns: str | None) -> str:
+    """scripts/libvirtd2.sh COMMAND; its last stdout word (the URI on start)."""
+    env = dict(os.environ)
+    if directory is not None:
+        env["HOOKVISOR_LIBVIRTD2_DIR"] = str(directory)
+    if netns is not None:
+        env["HOOKVISOR_LIBVIRTD2_NETNS"] = netns
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "libvirtd2.sh"), command],
+                          capture_output=True, text=True, check=False, env=env)
+    words = proc.stdout.split()
+    if proc.returncode != 0 or (command == "start" and not words):
+        raise RuntimeError(f"scripts/libvirtd2.sh {command} failed:\n{proc.stderr[-2000:]}")
+    return words[-1] if words else ""
+
+
+def start_second_host(directory: Path | None = None, netns: str | None = None) -> str:
+    """The second libvirt host's URI, started if it is not running; RuntimeError if it cannot.
+
+    With `netns` (a namespace `ip netns` knows) the daemon runs inside it, its
+    state in `directory` (keep it short: the Unix socket's path is limited to
+    107 bytes), and the URI is qemu+unix:///system?socket=DIRECTORY/sock/libvirt-sock.
+    """
     if os.geteuid() != 0:
         raise RuntimeError("the second libvirt host needs root (scripts/libvirtd2.sh start)")
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "libvirtd2.sh"), "start"],
-                          capture_output=True, text=True, check=False)
-    lines = proc.stdout.split()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"scripts/libvirtd2.sh start failed:\n{proc.stderr[-2000:]}")
-    return lines[-1]
+    return _libvirtd2("start", directory, netns)
+
+
+def stop_second_host(directory: Path | None = None, netns: str | None = None) -> None:
+    """Destroy its domains and stop it (what `start_second_host` was given)."""
+    _libvirtd2("stop", directory, netns)
 
 
 def host_uuid(conn: Any) -> str:
@@ -313,6 +335,7 @@ def destroy_leftovers(uri: str, prefix: str = "hvtest-") -> list[str]:
                 continue
             names.append(dom.name())
             with contextlib.suppress(libvirt.libvirtError):
+                # Asked before destroy: a destroyed transient domain no longer exists.
                 persistent = dom.isPersistent()
                 if dom.isActive():
                     dom.destroy()
@@ -323,19 +346,13 @@ def destroy_leftovers(uri: str, prefix: str = "hvtest-") -> list[str]:
         conn.close()
 
 
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def tiny_guest() -> TinyGuest:
     """The tiny guest's kernel and initrd; skip if unavailable (fail under CI=true)."""
     try:
         return build_guest()
     except RuntimeError as e:
-        _unavailable(str(e))
+        unavailable(str(e))
         raise
 
 
@@ -344,7 +361,7 @@ def _libvirt_host2_uri() -> str:
     try:
         return start_second_host()
     except RuntimeError as e:
-        _unavailable(str(e))
+        unavailable(str(e))
         raise
 
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import subprocess
+from typing import Any
 
-import pytest
 from pyroute2 import IPRoute
+from support import unavailable
 
+from hookvisor.net.model import Request, parse_request
 from hookvisor.net.netlink import Netlink
+
+
+def req(networks: Any = None, bondings: Any = None, options: Any = None) -> Request:
+    """A parsed setupNetworks request; empty dicts for what is not given."""
+    return parse_request(networks or {}, bondings or {}, options)
 
 
 class Namespace:
@@ -49,7 +56,4 @@ class Namespace:
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        message = "network namespace tests need root"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("network namespace tests need root")

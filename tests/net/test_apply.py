@@ -6,16 +6,11 @@ import dataclasses
 from typing import Any
 
 import pytest
-from net_support import Namespace
+from net_support import Namespace, req
 
 from hookvisor.net.apply import ApplyError, PlanError, apply, execute, plan
-from hookvisor.net.model import Config, parse_request
+from hookvisor.net.model import Config
 from hookvisor.net.netlink import Netlink, NetlinkFailure
-
-
-def req(networks: Any = None, bondings: Any = None, options: Any = None) -> Any:
-    return parse_request(networks or {}, bondings or {}, options)
-
 
 NET1 = {"nic": "eth1", "ipaddr": "10.0.0.2", "netmask": "255.255.255.0",
         "gateway": "10.0.0.1", "defaultRoute": True, "mtu": 1400}

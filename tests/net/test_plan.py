@@ -3,12 +3,11 @@ build, planned against a state as netlink reports it. Applied for real in the ti
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from net_support import req
 
 from hookvisor.net.apply import PlanError, plan
-from hookvisor.net.model import Config, parse_request
+from hookvisor.net.model import Config
 from hookvisor.net.netlink import Link, State
 
 
@@ -20,8 +19,6 @@ def nic(index: int, name: str, mtu: int = 1500, up: bool = True,
 HOST = State(links=(nic(2, "eth1"), nic(3, "eth2"), nic(4, "eth3")), addrs=(), routes=())
 
 
-def req(networks: Any = None, bondings: Any = None) -> Any:
-    return parse_request(networks or {}, bondings or {}, None)
 
 
 def test_a_vlan_network_on_a_bond_in_order() -> None:

@@ -4,16 +4,13 @@ on a namespace of the test's own (the agent's `net_netns`)."""
 from __future__ import annotations
 
 import json
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from net_support import Namespace
-from support import HOOK_PYTHON
 
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.network import NetworkService
@@ -27,29 +24,22 @@ NET1 = {"nic": "eth1", "ipaddr": "10.0.0.2", "prefix": 24}
 
 
 class Harness:
-    def __init__(self, root: Path, ns: Namespace) -> None:
-        self.root = root
+    def __init__(self, dirs: Any, ns: Namespace) -> None:
+        self.dirs = dirs  # conftest's AgentDirs: hooks/, run/, state/
         self.ns = ns
-        self.hooks_dir = root / "hooks"
-        self.hooks_dir.mkdir(parents=True)
-        (root / "run").mkdir()
-        self.records = RunRecords(root / "hookruns.sqlite")
-        self.props = PropertyRegistry(root / "properties.sqlite", "4.8")
-        self.store = NetStore(root / "net")
+        self.records = RunRecords(dirs.state / "hookruns.sqlite")
+        self.props = PropertyRegistry(dirs.state / "properties.sqlite", "4.8")
+        self.store = NetStore(dirs.state / "net")
         self.service = self.make()
 
     def make(self, lock_wait: float = 30.0) -> NetworkService:
-        runner = HookRunner(RunnerConfig(hooks_dir=self.hooks_dir, run_dir=self.root / "run"),
+        runner = HookRunner(RunnerConfig(hooks_dir=self.dirs.hooks, run_dir=self.dirs.run),
                             self.records)
         return NetworkService(HookCalls(runner), self.props, self.store, self.ns.name,
                               lock_wait)
 
     def hook(self, event: str, name: str, body: str) -> None:
-        d = self.hooks_dir / event
-        d.mkdir(exist_ok=True)
-        path = d / name
-        path.write_text(f"#!{HOOK_PYTHON}\n" + textwrap.dedent(body).lstrip("\n"))
-        path.chmod(0o755)
+        self.dirs.hook(event, name, body, python=True)
 
     def runs(self, event: str) -> list[Any]:
         return self.records.query(event=event)
@@ -59,10 +49,10 @@ class Harness:
 
 
 @pytest.fixture
-def h(tmp_path: Path, ns: Namespace) -> Iterator[Harness]:
+def h(dirs: Any, ns: Namespace) -> Iterator[Harness]:
     ns.veth("eth1")
     ns.veth("eth2")
-    harness = Harness(tmp_path, ns)
+    harness = Harness(dirs, ns)
     yield harness
     harness.records.close()
     harness.props.close()
@@ -233,9 +223,9 @@ def test_a_saved_setup_comes_back_after_the_kernel_lost_it(h: Harness) -> None:
 
 def test_stored_setups_are_written_atomically(h: Harness) -> None:
     h.service.setup({"net1": NET1}, {}, {})
-    files = sorted(p.name for p in (h.root / "net").iterdir())
+    files = sorted(p.name for p in (h.dirs.state / "net").iterdir())
     assert files == ["running.json"]
     h.service.set_safe()
-    assert sorted(p.name for p in (h.root / "net").iterdir()) == ["running.json", "safe.json"]
-    assert json.loads((h.root / "net" / "safe.json").read_text())["networks"]["net1"]["nic"] \
+    assert sorted(p.name for p in (h.dirs.state / "net").iterdir()) == ["running.json", "safe.json"]
+    assert json.loads((h.dirs.state / "net" / "safe.json").read_text())["networks"]["net1"]["nic"] \
         == "eth1"
