@@ -6,7 +6,6 @@ after a test is destroyed, and the test that left it fails.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import signal
@@ -24,14 +23,12 @@ from pathlib import Path
 import labpki
 import pytest
 from labpki import lab_pki
-from support import HOOK_PYTHON
+from support import HOOK_PYTHON, TEST_URI, assert_no_leftovers, unavailable
 
 # The tiny bootable guest of SPEC §5 (fixture `tiny_guest`): tests/guest.py.
 pytest_plugins = ["guest"]
 
 QEMU_URI = "qemu:///system"
-TEST_URI = "test:///default"
-PREFIX = "hvtest-"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -251,27 +248,6 @@ def inproc_agent(dirs: AgentDirs) -> Iterator[Callable[..., InProcessAgent]]:
             agent.stop()
 
 
-def hvtest_domains(uri: str) -> list[str]:
-    import libvirt
-
-    conn = libvirt.open(uri)
-    try:
-        names = []
-        for dom in conn.listAllDomains():
-            if dom.name().startswith(PREFIX):
-                names.append(dom.name())
-                # Asked before destroy: a destroyed transient domain no longer exists.
-                with contextlib.suppress(libvirt.libvirtError):
-                    persistent = dom.isPersistent()
-                    if dom.isActive():
-                        dom.destroy()
-                    if persistent:
-                        dom.undefine()
-        return names
-    finally:
-        conn.close()
-
-
 def _qemu_reachable() -> str | None:
     import libvirt
 
@@ -289,21 +265,17 @@ def qemu_system() -> Iterator[str]:
     """qemu:///system, or skip (fail under CI=true: the CI must run these)."""
     problem = _qemu_reachable()
     if problem is not None:
-        message = f"{QEMU_URI} not reachable (is libvirtd running? scripts/libvirtd.sh): {problem}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{QEMU_URI} not reachable (is libvirtd running? scripts/libvirtd.sh): "
+                    f"{problem}")
     yield QEMU_URI
-    leaked = hvtest_domains(QEMU_URI)
-    assert not leaked, f"test left domains behind on {QEMU_URI}: {leaked}"
+    assert_no_leftovers(QEMU_URI)
 
 
 @pytest.fixture
 def test_driver_leak_guard() -> Iterator[None]:
     """test:///default is per process: an `hvtest-` domain left there after a test leaked."""
     yield
-    leaked = hvtest_domains(TEST_URI)
-    assert not leaked, f"test left domains behind on {TEST_URI}: {leaked}"
+    assert_no_leftovers(TEST_URI)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 import pytest
+from support import assert_no_leftovers, unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_DIR = Path(os.environ.get("HOOKVISOR_GUEST_DIR") or REPO / "var" / "guest")
@@ -303,39 +304,13 @@ def host_uuid(conn: Any) -> str:
     return root.findtext("host/uuid") or ""
 
 
-def destroy_leftovers(uri: str, prefix: str = "hvtest-") -> list[str]:
-    """Destroy (and undefine) the `prefix` domains on `uri`; their names."""
-    conn = libvirt.open(uri)
-    try:
-        names = []
-        for dom in conn.listAllDomains():
-            if not dom.name().startswith(prefix):
-                continue
-            names.append(dom.name())
-            with contextlib.suppress(libvirt.libvirtError):
-                persistent = dom.isPersistent()
-                if dom.isActive():
-                    dom.destroy()
-                if persistent:
-                    dom.undefine()
-        return names
-    finally:
-        conn.close()
-
-
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def tiny_guest() -> TinyGuest:
     """The tiny guest's kernel and initrd; skip if unavailable (fail under CI=true)."""
     try:
         return build_guest()
     except RuntimeError as e:
-        _unavailable(str(e))
+        unavailable(str(e))
         raise
 
 
@@ -344,7 +319,7 @@ def _libvirt_host2_uri() -> str:
     try:
         return start_second_host()
     except RuntimeError as e:
-        _unavailable(str(e))
+        unavailable(str(e))
         raise
 
 
@@ -352,5 +327,4 @@ def _libvirt_host2_uri() -> str:
 def libvirt_host2(_libvirt_host2_uri: str) -> Iterator[str]:
     """The second libvirt host's URI; fails the test that leaves an `hvtest-` domain there."""
     yield _libvirt_host2_uri
-    leaked = destroy_leftovers(_libvirt_host2_uri)
-    assert not leaked, f"test left domains behind on {_libvirt_host2_uri}: {leaked}"
+    assert_no_leftovers(_libvirt_host2_uri)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import libvirt
 import pytest
 
 TEST_URI = "test:///default"
+# Every domain a test creates is named so; the leak guards destroy what is left.
+PREFIX = "hvtest-"
 
 # Hooks run as the hook user when the tests run as root: the interpreter of a
 # Python hook must be one that user can execute (the venv's may live under
@@ -67,3 +70,37 @@ def deny_hook_listing(monkeypatch: pytest.MonkeyPatch) -> None:
             raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(discovery, "os", DeniedOs())
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip for want of `message`; under CI=true (the CI must run everything) fail."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def destroy_leftovers(uri: str, prefix: str = PREFIX) -> list[str]:
+    """Destroy (and undefine) the `prefix` domains on `uri`; their names."""
+    conn = libvirt.open(uri)
+    try:
+        names = []
+        for dom in conn.listAllDomains():
+            if not dom.name().startswith(prefix):
+                continue
+            names.append(dom.name())
+            # Asked before destroy: a destroyed transient domain no longer exists.
+            with contextlib.suppress(libvirt.libvirtError):
+                persistent = dom.isPersistent()
+                if dom.isActive():
+                    dom.destroy()
+                if persistent:
+                    dom.undefine()
+        return names
+    finally:
+        conn.close()
+
+
+def assert_no_leftovers(uri: str) -> None:
+    """The leak guard after a test: `hvtest-` domains left on `uri` are destroyed, and fail it."""
+    leaked = destroy_leftovers(uri)
+    assert not leaked, f"test left domains behind on {uri}: {leaked}"
