@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hookvisor.agent.context import Context
+from hookvisor.agent.context import Context, host_failure
 from hookvisor.agent.hookcalls import Family, family
 from hookvisor.agent.lifecycle import client_policy, metadata_of
 from hookvisor.agent.params import _bool, _disk, _nic, _Problems, _props
@@ -80,8 +80,7 @@ def _live(ctx: Context, vm: Vm, code: Code) -> str:
     try:
         vm.xml = ctx.host.xml(vm.vm_id)
     except HostError as e:
-        raise VdsmError(Code.UNAVAIL if e.disconnected else code,
-                        f"libvirt has no live XML of VM {vm.vm_id}: {e}") from None
+        raise host_failure(e, code, f"libvirt has no live XML of VM {vm.vm_id}") from None
     return vm.xml
 
 
@@ -270,9 +269,8 @@ def hotplug(ctx: Context, params: Any, kind: Kind) -> dict[str, Any]:
                 try:
                     ctx.host.attach(vm.vm_id, final)
                 except HostError as e:
-                    raise VdsmError(Code.UNAVAIL if e.disconnected else code,
-                                    f"libvirt could not attach the {kind.tag} to VM "
-                                    f"{vm.vm_id}: {e}") from None
+                    raise host_failure(e, code, f"libvirt could not attach the {kind.tag} "
+                                       f"to VM {vm.vm_id}") from None
                 if custom and new_key is not None:
                     vm.device_props[new_key] = dict(custom)
                 vm.xml = dx.add_device(vm.xml or _live(ctx, vm, code), final)
@@ -360,9 +358,8 @@ def _detach(ctx: Context, vm: Vm, kind: Kind, xml: str, alias: str | None,
     except HostError as e:
         if alias is not None:
             ctx.removals.cancel(vm.vm_id, alias)
-        raise VdsmError(Code.UNAVAIL if e.disconnected else code,
-                        f"libvirt could not detach the {kind.tag} from VM {vm.vm_id}: "
-                        f"{e}") from None
+        raise host_failure(e, code, f"libvirt could not detach the {kind.tag} from VM "
+                           f"{vm.vm_id}") from None
     removed = alias is not None and ctx.removals.wait(vm.vm_id, alias, deadline)
     if removed:
         had_props = key is not None and vm.device_props.pop(key, None) is not None
@@ -446,9 +443,8 @@ def update_device(ctx: Context, vm_id: Any, params: Any) -> dict[str, Any]:
                 try:
                     ctx.host.update_device(vm.vm_id, final)
                 except HostError as e:
-                    raise VdsmError(Code.UNAVAIL if e.disconnected else code,
-                                    f"libvirt could not update the interface of VM "
-                                    f"{vm.vm_id}: {e}") from None
+                    raise host_failure(e, code, f"libvirt could not update the interface "
+                                       f"of VM {vm.vm_id}") from None
                 if key is not None:
                     if custom:
                         vm.device_props[key] = dict(custom)
