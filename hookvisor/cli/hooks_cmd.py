@@ -35,7 +35,7 @@ from hookvisor.cli.common import (
     parse_assignment,
     settings_from_args,
 )
-from hookvisor.cli.output import Out, is_terminal
+from hookvisor.cli.output import OUTCOME_STYLE, Out, is_terminal
 from hookvisor.config import Settings
 from hookvisor.hooks.catalogue import EVENTS, Event, Payload, get_event
 from hookvisor.hooks.discovery import ChecksumCache, Script, list_scripts
@@ -44,14 +44,6 @@ from hookvisor.hooks.manifest import MANIFEST_SUFFIX, ManifestCache, ManifestErr
 from hookvisor.hooks.records import OFFLINE_RECORDS_FILE, RunRecords
 from hookvisor.hooks.runner import ChainResult, HookRunner, RunnerConfig, ScriptRun
 from hookvisor.rpc.client import AgentError
-
-_OUTCOME_STYLE = {
-    "ok": "green",
-    "skipped": "dim",
-    "failed": "bold red",
-    "timeout": "bold red",
-    "invalid-output": "bold red",
-}
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -437,7 +429,7 @@ def _report_run(out: _Out, run: ScriptRun) -> None:
     rc = "-" if run.rc is None else str(run.rc)
     extra = " (on_failure=ignore)" if run.ignored and run.failed else ""
     out.line(f"{run.script}: {run.outcome}{extra}  rc={rc}  {run.duration * 1000:.1f} ms",
-             style=_OUTCOME_STYLE.get(run.outcome))
+             style=OUTCOME_STYLE.get(run.outcome))
     if run.message:
         out.line(f"  {run.message}")
     out.block("stderr" + (" (cut at 64 KiB)" if run.stderr_truncated else ""), run.stderr)

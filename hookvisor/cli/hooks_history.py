@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hookvisor.cli.common import UsageError, add_global_options, settings_from_args
-from hookvisor.cli.output import Out
+from hookvisor.cli.output import OUTCOME_STYLE, Out
 from hookvisor.config import Settings
 from hookvisor.hooks.catalogue import get_event
 from hookvisor.hooks.records import (
@@ -40,8 +40,6 @@ from hookvisor.hooks.records import (
 from hookvisor.hooks.runner import ChainResult
 from hookvisor.rpc.client import AgentClient, AgentError, address_for
 
-_OUTCOME_STYLE = {"ok": "green", "skipped": "dim", "failed": "bold red",
-                  "timeout": "bold red", "invalid-output": "bold red"}
 _AGENT_PAGE = 100  # runs asked per getHookRuns call (the agent's default page)
 _RECORD_FIELDS = {f.name for f in fields(RunRecord)}
 
@@ -286,7 +284,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if tty:
         rows = [row[:7] + row[8:] for row in rows]
         columns.remove("ms")
-    styles: list[str | None] = [_OUTCOME_STYLE.get(r.outcome) for r in runs]
+    styles: list[str | None] = [OUTCOME_STYLE.get(r.outcome) for r in runs]
     out.table(None, columns, rows, styles,
               keep=("time", "origin", "vm", "outcome", "rc", "chain"))
     if args.verbose:
@@ -294,7 +292,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             out.line()
             out.line(f"{_when(r.time)} {r.event} {r.script} ({r.outcome}, {r.origin}, "
                      f"chain {r.chain_id}, sha256 {r.checksum[:16]})",
-                     style=_OUTCOME_STYLE.get(r.outcome))
+                     style=OUTCOME_STYLE.get(r.outcome))
             if r.message:
                 out.line(f"  {r.message}")
             cut = " (cut at 64 KiB)"

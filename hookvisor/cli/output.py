@@ -14,6 +14,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
+# A hook run's outcome as `hooks run` and `hooks history` colour it.
+OUTCOME_STYLE = {
+    "ok": "green",
+    "skipped": "dim",
+    "failed": "bold red",
+    "timeout": "bold red",
+    "invalid-output": "bold red",
+}
+
 
 def is_terminal(stream: IO[str]) -> bool:
     try:
