@@ -27,6 +27,7 @@ from typing import Any
 
 from hookvisor.cli.common import UsageError, add_global_options, settings_from_args
 from hookvisor.cli.output import OUTCOME_STYLE, Out
+from hookvisor.cli.vm_cmd import _guard
 from hookvisor.config import Settings
 from hookvisor.hooks.catalogue import get_event
 from hookvisor.hooks.records import (
@@ -71,7 +72,9 @@ def register(sub: Any, add_client_options: Callable[[argparse.ArgumentParser], N
     hist.add_argument("--local", action="store_true",
                       help="read the state dir's records, do not ask the agent")
     add_client_options(hist)
-    hist.set_defaults(func=_guard(cmd_history))
+    # AgentError only: a closed pipe (an OSError) stays main's to handle, quietly; local
+    # record files that cannot be read already come as AgentError.
+    hist.set_defaults(func=_guard(cmd_history, (AgentError,)))
 
     rep = sub.add_parser(
         "replay", help="run a recorded chain again, offline, and show what differs",
@@ -91,17 +94,6 @@ def register(sub: Any, add_client_options: Callable[[argparse.ArgumentParser], N
                      "stdout; the report then goes to stderr)")
     add_global_options(rep)
     rep.set_defaults(func=cmd_replay)
-
-
-def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except AgentError as e:
-            print(f"hookvisor: {e}", file=sys.stderr)
-            return 1
-
-    return run
 
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
