@@ -112,6 +112,14 @@ def dirs(tmp_path: Path) -> AgentDirs:
     return AgentDirs(tmp_path / "agent")
 
 
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """An empty dir for disk and hibernation images (tests name it in storage_dirs)."""
+    path = tmp_path / "images"
+    path.mkdir()
+    return path
+
+
 def proxy(url: str, timeout: float | None = 120.0) -> xmlrpc.client.ServerProxy:
     """A client of a served agent: `unix:PATH` (its socket) or `https://HOST:PORT/`
     (mutual TLS with the lab PKI's client certificate)."""

@@ -25,13 +25,6 @@ def domain(devices: str = "", os_extra: str = "", top: str = "", name: str = "hv
 
 
 @pytest.fixture
-def images(tmp_path: Path) -> Path:
-    path = tmp_path / "images"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def policy(images: Path) -> ClientPolicy:
     return ClientPolicy(storage_dirs=(images,), emulators=frozenset({EMULATOR}),
                         max_vcpus=16, host_memory_mib=4096)
