@@ -8,6 +8,7 @@ from typing import Any
 
 import libvirt
 import pytest
+from support import domain_exists
 
 from hookvisor.agent.params import parse_create
 from hookvisor.agent.policy import QEMU_NS, ClientPolicy
@@ -249,17 +250,6 @@ def test_entities_are_refused_not_expanded(policy: ClientPolicy) -> None:
 # --- through the agent ----------------------------------------------------------
 
 
-def _test_domain_exists(vm_id: str) -> bool:
-    conn = libvirt.open("test:///default")
-    try:
-        conn.lookupByUUIDString(vm_id)
-        return True
-    except libvirt.libvirtError:
-        return False
-    finally:
-        conn.close()
-
-
 def test_agent_refuses_before_libvirt_and_hooks(direct_agent: Any, dirs: Any) -> None:
     dirs.hook("before_vm_start", "50_mark", f"touch {dirs.root}/hook-ran\n")
     agent = direct_agent()
@@ -269,7 +259,7 @@ def test_agent_refuses_before_libvirt_and_hooks(direct_agent: Any, dirs: Any) ->
     reply = agent.call("create", {"xml": xml})
     assert reply["status"]["code"] == Code.CREATE_ERR, reply
     assert "<source file='/etc/shadow'>" in reply["status"]["message"]
-    assert not _test_domain_exists(vm_id)
+    assert not domain_exists(vm_id)
     assert not (dirs.root / "hook-ran").exists()
     assert agent.call("list")["vmList"] == []
     # Inside storage_dirs, the same domain starts.
