@@ -311,7 +311,6 @@ def tiny_guest() -> TinyGuest:
         return build_guest()
     except RuntimeError as e:
         unavailable(str(e))
-        raise
 
 
 @pytest.fixture(scope="session")
@@ -320,7 +319,6 @@ def _libvirt_host2_uri() -> str:
         return start_second_host()
     except RuntimeError as e:
         unavailable(str(e))
-        raise
 
 
 @pytest.fixture
