@@ -201,8 +201,7 @@ def _new_nic(ctx: Context, params: dict[str, Any], live: str) -> tuple[str, dict
         spec, _shown = _nic(dev, "nic", problems)
         custom = spec.custom
         xml = _aliased(dx.nic_xml(spec))
-    if problems.items:
-        raise VdsmError(code, "bad hotplugNic params: " + "; ".join(problems.items))
+    problems.check(code, "hotplugNic")
     return xml, custom
 
 
@@ -226,8 +225,7 @@ def _new_disk(ctx: Context, params: dict[str, Any], live: str) -> tuple[str, dic
         if not isinstance(dev, dict):
             raise VdsmError(code, f"drive: expected a device struct (or xml), got {dev!r}")
         spec, _shown = _disk(dev, "drive", problems, client_policy(ctx))
-        if problems.items:
-            raise VdsmError(code, "bad hotplugDisk params: " + "; ".join(problems.items))
+        problems.check(code, "hotplugDisk")
         if spec.path:
             allowed_path(spec.path, "drive.path", ctx.settings.storage_dirs, code)
         custom = spec.custom
@@ -235,8 +233,7 @@ def _new_disk(ctx: Context, params: dict[str, Any], live: str) -> tuple[str, dic
         target = name if isinstance(name, str) and name else dx.free_disk_target(
             live, spec.iface)
         xml = _aliased(dx.disk_xml(spec, target))
-    if problems.items:
-        raise VdsmError(code, "bad hotplugDisk params: " + "; ".join(problems.items))
+    problems.check(code, "hotplugDisk")
     return xml, custom
 
 
@@ -433,8 +430,7 @@ def update_device(ctx: Context, vm_id: Any, params: Any) -> dict[str, Any]:
                         source.set(attr, network)
         custom = (_props(params.get("custom"), "custom", problems)
                   if "custom" in params else vm.device_props.get(key or "", {}))
-        if problems.items:
-            raise VdsmError(code, "bad vmUpdateDevice params: " + "; ".join(problems.items))
+        problems.check(code, "vmUpdateDevice")
         _check_props(ctx, "interface", custom, code)
         xml = dx.element_string(elem)
 
