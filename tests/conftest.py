@@ -23,14 +23,12 @@ from pathlib import Path
 import labpki
 import pytest
 from labpki import lab_pki
-from support import HOOK_PYTHON, unavailable
+from support import HOOK_PYTHON, TEST_URI, assert_no_leftovers, unavailable
 
 # The tiny bootable guest of SPEC §5 (fixture `tiny_guest`): tests/guest.py.
 pytest_plugins = ["guest"]
 
 QEMU_URI = "qemu:///system"
-TEST_URI = "test:///default"
-PREFIX = "hvtest-"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -112,6 +110,14 @@ class AgentDirs:
 @pytest.fixture
 def dirs(tmp_path: Path) -> AgentDirs:
     return AgentDirs(tmp_path / "agent")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """An empty dir for disk and hibernation images (tests name it in storage_dirs)."""
+    path = tmp_path / "images"
+    path.mkdir()
+    return path
 
 
 def proxy(url: str, timeout: float | None = 120.0) -> xmlrpc.client.ServerProxy:
@@ -253,15 +259,6 @@ def inproc_agent(dirs: AgentDirs) -> Iterator[Callable[..., InProcessAgent]]:
             agent.stop()
 
 
-def hvtest_domains(uri: str) -> list[str]:
-    """Destroy (and undefine) the `hvtest-` domains on `uri`; their names."""
-    # Imported here: at conftest import time, before pytest_plugins has loaded it,
-    # the plugin module would escape pytest's assertion rewriting.
-    from guest import destroy_leftovers
-
-    return destroy_leftovers(uri, PREFIX)
-
-
 def _qemu_reachable() -> str | None:
     import libvirt
 
@@ -291,16 +288,14 @@ def qemu_system(qemu_reachable: str) -> Iterator[str]:
     """qemu:///system, or skip (fail under CI=true); fails the test that leaves an
     `hvtest-` domain behind (and destroys it)."""
     yield QEMU_URI
-    leaked = hvtest_domains(QEMU_URI)
-    assert not leaked, f"test left domains behind on {QEMU_URI}: {leaked}"
+    assert_no_leftovers(QEMU_URI)
 
 
 @pytest.fixture
 def test_driver_leak_guard() -> Iterator[None]:
     """test:///default is per process: an `hvtest-` domain left there after a test leaked."""
     yield
-    leaked = hvtest_domains(TEST_URI)
-    assert not leaked, f"test left domains behind on {TEST_URI}: {leaked}"
+    assert_no_leftovers(TEST_URI)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 import pytest
-from support import unavailable
+from support import assert_no_leftovers, unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_DIR = Path(os.environ.get("HOOKVISOR_GUEST_DIR") or REPO / "var" / "guest")
@@ -325,27 +325,6 @@ def host_uuid(conn: Any) -> str:
     return root.findtext("host/uuid") or ""
 
 
-def destroy_leftovers(uri: str, prefix: str = "hvtest-") -> list[str]:
-    """Destroy (and undefine) the `prefix` domains on `uri`; their names."""
-    conn = libvirt.open(uri)
-    try:
-        names = []
-        for dom in conn.listAllDomains():
-            if not dom.name().startswith(prefix):
-                continue
-            names.append(dom.name())
-            with contextlib.suppress(libvirt.libvirtError):
-                # Asked before destroy: a destroyed transient domain no longer exists.
-                persistent = dom.isPersistent()
-                if dom.isActive():
-                    dom.destroy()
-                if persistent:
-                    dom.undefine()
-        return names
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="session")
 def tiny_guest() -> TinyGuest:
     """The tiny guest's kernel and initrd; skip if unavailable (fail under CI=true)."""
@@ -353,7 +332,6 @@ def tiny_guest() -> TinyGuest:
         return build_guest()
     except RuntimeError as e:
         unavailable(str(e))
-        raise
 
 
 @pytest.fixture(scope="session")
@@ -362,12 +340,10 @@ def _libvirt_host2_uri() -> str:
         return start_second_host()
     except RuntimeError as e:
         unavailable(str(e))
-        raise
 
 
 @pytest.fixture
 def libvirt_host2(_libvirt_host2_uri: str) -> Iterator[str]:
     """The second libvirt host's URI; fails the test that leaves an `hvtest-` domain there."""
     yield _libvirt_host2_uri
-    leaked = destroy_leftovers(_libvirt_host2_uri)
-    assert not leaked, f"test left domains behind on {_libvirt_host2_uri}: {leaked}"
+    assert_no_leftovers(_libvirt_host2_uri)

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import libvirt
 import pytest
 
 TEST_URI = "test:///default"
+# Every domain a test creates is named so; the leak guards destroy what is left.
+PREFIX = "hvtest-"
 
 # Hooks run as the hook user when the tests run as root: the interpreter of a
 # Python hook must be one that user can execute (the venv's may live under
 # /root, 0700), so Python hooks use the system's.
 HOOK_PYTHON = "/usr/bin/python3" if os.geteuid() == 0 and os.path.exists(
     "/usr/bin/python3") else sys.executable
-
-
-def unavailable(message: str) -> None:
-    """Skip the test for want of `message`'s resource; fail it under CI=true, where
-    everything the tests need is set up (scripts/test.sh) and a skip would hide that."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def live_xml(vm_id: str, uri: str = TEST_URI) -> str:
@@ -84,3 +79,38 @@ def deny_hook_listing(monkeypatch: pytest.MonkeyPatch) -> None:
             raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(discovery, "os", DeniedOs())
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the test for want of `message`'s resource; fail it under CI=true, where
+    everything the tests need is set up (scripts/test.sh) and a skip would hide that."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def destroy_leftovers(uri: str, prefix: str = PREFIX) -> list[str]:
+    """Destroy (and undefine) the `prefix` domains on `uri`; their names."""
+    conn = libvirt.open(uri)
+    try:
+        names = []
+        for dom in conn.listAllDomains():
+            if not dom.name().startswith(prefix):
+                continue
+            names.append(dom.name())
+            # Asked before destroy: a destroyed transient domain no longer exists.
+            with contextlib.suppress(libvirt.libvirtError):
+                persistent = dom.isPersistent()
+                if dom.isActive():
+                    dom.destroy()
+                if persistent:
+                    dom.undefine()
+        return names
+    finally:
+        conn.close()
+
+
+def assert_no_leftovers(uri: str) -> None:
+    """The leak guard after a test: `hvtest-` domains left on `uri` are destroyed, and fail it."""
+    leaked = destroy_leftovers(uri)
+    assert not leaked, f"test left domains behind on {uri}: {leaked}"

@@ -11,7 +11,14 @@ from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.registry import VmRegistry
 from hookvisor.agent.waits import DeviceRemovals
 from hookvisor.config import Settings
-from hookvisor.virt.host import Host
+from hookvisor.errors import Code, VdsmError
+from hookvisor.virt.host import Host, HostError
+
+
+def host_failure(e: HostError, code: Code, message: str) -> VdsmError:
+    """libvirt's failure as the verb's error `code`, but unavail when libvirtd is gone (the
+    connection went between the gate and the call): the client may retry that one."""
+    return VdsmError(Code.UNAVAIL if e.disconnected else code, f"{message}: {e}")
 
 
 class PropertyChecker(Protocol):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hookvisor.agent.context import Context
+from hookvisor.agent.context import Context, host_failure
 from hookvisor.agent.hookcalls import family
 from hookvisor.agent.lifecycle import _live_xml, _locked
 from hookvisor.agent.storage import allowed_path
@@ -104,8 +104,8 @@ def _saved(ctx: Context, params: dict[str, Any]) -> tuple[Path, str]:
     try:
         return path, ctx.host.saved_xml(str(path))
     except HostError as e:
-        code = Code.UNAVAIL if e.disconnected else Code.CREATE_ERR
-        raise VdsmError(code, f"restoreState: cannot read the image {path}: {e}") from None
+        raise host_failure(e, Code.CREATE_ERR,
+                           f"restoreState: cannot read the image {path}") from None
 
 
 def _record(params: dict[str, Any], saved: str) -> Vm:
@@ -145,9 +145,8 @@ def restore(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
             try:
                 live = ctx.host.restore(str(path), vm.vm_id)
             except HostError as e:
-                code = Code.UNAVAIL if e.disconnected else Code.CREATE_ERR
-                raise VdsmError(code, f"libvirt could not restore VM {vm.vm_id} from "
-                                f"{path}: {e}") from None
+                raise host_failure(e, Code.CREATE_ERR, f"libvirt could not restore VM "
+                                   f"{vm.vm_id} from {path}") from None
             vm.xml = live
             vm.params["devices"] = dx.device_views(live, vm.device_props)
             vm.set_status(_status_now(ctx, vm, UP))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hookvisor.agent import diskprep
-from hookvisor.agent.context import Context
+from hookvisor.agent.context import Context, host_failure
 from hookvisor.agent.hookcalls import Family, family
 from hookvisor.agent.lifecycle import client_policy, metadata_of
 from hookvisor.agent.params import _bool, _disk, _nic, _Problems, _props
@@ -81,8 +81,7 @@ def _live(ctx: Context, vm: Vm, code: Code) -> str:
     try:
         vm.xml = ctx.host.xml(vm.vm_id)
     except HostError as e:
-        raise VdsmError(Code.UNAVAIL if e.disconnected else code,
-                        f"libvirt has no live XML of VM {vm.vm_id}: {e}") from None
+        raise host_failure(e, code, f"libvirt has no live XML of VM {vm.vm_id}") from None
     return vm.xml
 
 
@@ -203,8 +202,7 @@ def _new_nic(ctx: Context, params: dict[str, Any], live: str) -> tuple[str, dict
         spec, _shown = _nic(dev, "nic", problems)
         custom = spec.custom
         xml = _aliased(dx.nic_xml(spec))
-    if problems.items:
-        raise VdsmError(code, "bad hotplugNic params: " + "; ".join(problems.items))
+    problems.check(code, "hotplugNic")
     return xml, custom
 
 
@@ -229,8 +227,7 @@ def _new_disk(ctx: Context, params: dict[str, Any], live: str,
         if not isinstance(dev, dict):
             raise VdsmError(code, f"drive: expected a device struct (or xml), got {dev!r}")
         spec, shown = _disk(dev, "drive", problems, client_policy(ctx))
-        if problems.items:
-            raise VdsmError(code, "bad hotplugDisk params: " + "; ".join(problems.items))
+        problems.check(code, "hotplugDisk")
         if spec.path:
             allowed_path(spec.path, "drive.path", ctx.settings.storage_dirs, code)
         custom = spec.custom
@@ -241,8 +238,7 @@ def _new_disk(ctx: Context, params: dict[str, Any], live: str,
             # Path checked: after_disk_prepare may swap it (VDSM's localdisk hook).
             spec, _shown = diskprep.prepare(ctx, vm, spec, shown, target, "drive", code)
         xml = _aliased(dx.disk_xml(spec, target))
-    if problems.items:
-        raise VdsmError(code, "bad hotplugDisk params: " + "; ".join(problems.items))
+    problems.check(code, "hotplugDisk")
     return xml, custom
 
 
@@ -275,9 +271,8 @@ def hotplug(ctx: Context, params: Any, kind: Kind) -> dict[str, Any]:
                 try:
                     ctx.host.attach(vm.vm_id, final)
                 except HostError as e:
-                    raise VdsmError(Code.UNAVAIL if e.disconnected else code,
-                                    f"libvirt could not attach the {kind.tag} to VM "
-                                    f"{vm.vm_id}: {e}") from None
+                    raise host_failure(e, code, f"libvirt could not attach the {kind.tag} "
+                                       f"to VM {vm.vm_id}") from None
                 if custom and new_key is not None:
                     vm.device_props[new_key] = dict(custom)
                 vm.xml = dx.add_device(vm.xml or _live(ctx, vm, code), final)
@@ -365,9 +360,8 @@ def _detach(ctx: Context, vm: Vm, kind: Kind, xml: str, alias: str | None,
     except HostError as e:
         if alias is not None:
             ctx.removals.cancel(vm.vm_id, alias)
-        raise VdsmError(Code.UNAVAIL if e.disconnected else code,
-                        f"libvirt could not detach the {kind.tag} from VM {vm.vm_id}: "
-                        f"{e}") from None
+        raise host_failure(e, code, f"libvirt could not detach the {kind.tag} from VM "
+                           f"{vm.vm_id}") from None
     removed = alias is not None and ctx.removals.wait(vm.vm_id, alias, deadline)
     if removed:
         had_props = key is not None and vm.device_props.pop(key, None) is not None
@@ -441,8 +435,7 @@ def update_device(ctx: Context, vm_id: Any, params: Any) -> dict[str, Any]:
                         source.set(attr, network)
         custom = (_props(params.get("custom"), "custom", problems)
                   if "custom" in params else vm.device_props.get(key or "", {}))
-        if problems.items:
-            raise VdsmError(code, "bad vmUpdateDevice params: " + "; ".join(problems.items))
+        problems.check(code, "vmUpdateDevice")
         _check_props(ctx, "interface", custom, code)
         xml = dx.element_string(elem)
 
@@ -451,9 +444,8 @@ def update_device(ctx: Context, vm_id: Any, params: Any) -> dict[str, Any]:
                 try:
                     ctx.host.update_device(vm.vm_id, final)
                 except HostError as e:
-                    raise VdsmError(Code.UNAVAIL if e.disconnected else code,
-                                    f"libvirt could not update the interface of VM "
-                                    f"{vm.vm_id}: {e}") from None
+                    raise host_failure(e, code, f"libvirt could not update the interface "
+                                       f"of VM {vm.vm_id}") from None
                 if key is not None:
                     if custom:
                         vm.device_props[key] = dict(custom)

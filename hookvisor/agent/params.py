@@ -64,6 +64,11 @@ class _Problems:
     def add(self, where: str, what: str) -> None:
         self.items.append(f"{where}: {what}")
 
+    def check(self, code: Code, verb: str) -> None:
+        """Refuse the request with every problem found so far, if there is one."""
+        if self.items:
+            raise VdsmError(code, f"bad {verb} params: " + "; ".join(self.items))
+
 
 def _bool(value: Any, where: str, problems: _Problems, default: bool) -> bool:
     if value is None:
@@ -266,8 +271,7 @@ def _bounded(value: int | None, where: str, most: int, what: str,
 
 
 def _fail(problems: _Problems) -> None:
-    if problems.items:
-        raise VdsmError(Code.CREATE_ERR, "bad create params: " + "; ".join(problems.items))
+    problems.check(Code.CREATE_ERR, "create")
 
 
 def parse_create(params: Any, policy: ClientPolicy | None = None) -> CreateRequest:

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import hookvisor
-from hookvisor.agent.context import Context
+from hookvisor.agent.context import Context, host_failure
 from hookvisor.agent.hookcalls import family, supported_events
 from hookvisor.agent.vm import DOWN, PAUSED, Vm
-from hookvisor.errors import Code, VdsmError
+from hookvisor.errors import Code
 from hookvisor.virt import domain_xml as dx
 from hookvisor.virt.host import HostError
 
@@ -104,8 +104,7 @@ def _report(ctx: Context, name: str, build: Any, vm: Vm | None = None) -> Any:
         result = build()
     except HostError as e:
         # The connection went between the gate and the call (or the verb has no gate).
-        code = Code.UNAVAIL if e.disconnected else Code.GENERAL
-        raise VdsmError(code, f"{name}: {e}") from None
+        raise host_failure(e, Code.GENERAL, name) from None
     return _replace(fam.after, result, ctx.hooks.run_json(fam.after, result, vm=vm))
 
 

@@ -30,6 +30,7 @@ from hookvisor.props.syntax import (
     KEYS,
     DeviceGroup,
     Kind,
+    PropertyDef,
     format_devices,
     format_properties,
     parse_devices,
@@ -197,19 +198,27 @@ def _edit(reg: PropertyRegistry, text: str, cver: str | None, add: bool,
     return _store(reg, key, new, cver)
 
 
+def _put(defs: list[PropertyDef], new_def: PropertyDef, keep: bool) -> bool:
+    """Replace the definition of the same name where it stands, or append it; False, and
+    nothing changed, when there is one and `keep`."""
+    at = [i for i, d in enumerate(defs) if d.name == new_def.name]
+    if at and keep:
+        return False
+    if at:
+        defs[at[0]] = new_def
+    else:
+        defs.append(new_def)
+    return True
+
+
 def _edit_properties(old: str, value: str, key: str, add: bool, keep: bool) -> str:
     defs = list(parse_properties(old, key))
     if add:
         (new_def, *more) = parse_properties(value, key) or (None,)
         if new_def is None or more:
             raise UsageError(f"--add {key}=NAME=REGEX: one property, got {value!r}")
-        at = [i for i, d in enumerate(defs) if d.name == new_def.name]
-        if at and keep:
+        if not _put(defs, new_def, keep):
             return old
-        if at:
-            defs[at[0]] = new_def
-        else:
-            defs.append(new_def)
     else:
         if not any(d.name == value for d in defs):
             raise UsageError(f"--remove {key}={value}: no such property (defined: "
@@ -227,13 +236,8 @@ def _edit_devices(old: str, value: str, key: str, add: bool, keep: bool) -> str:
                              f"got {value!r}")
         dev_type, new_def = added[0].type, added[0].props[0]
         props = groups.setdefault(dev_type, [])
-        at = [i for i, d in enumerate(props) if d.name == new_def.name]
-        if at and keep:
+        if not _put(props, new_def, keep):
             return old
-        if at:
-            props[at[0]] = new_def
-        else:
-            props.append(new_def)
     else:
         dev_type, colon, name = value.partition(":")
         props = groups.get(dev_type, [])

@@ -23,7 +23,7 @@ import sqlite3
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +35,7 @@ from hookvisor.cli.common import (
     parse_assignment,
     settings_from_args,
 )
-from hookvisor.cli.output import Out, is_terminal
+from hookvisor.cli.output import OUTCOME_STYLE, Out, is_terminal
 from hookvisor.config import Settings
 from hookvisor.hooks.catalogue import EVENTS, Event, Payload, get_event
 from hookvisor.hooks.discovery import ChecksumCache, Script, list_scripts
@@ -44,14 +44,6 @@ from hookvisor.hooks.manifest import MANIFEST_SUFFIX, ManifestCache, ManifestErr
 from hookvisor.hooks.records import OFFLINE_RECORDS_FILE, RunRecords
 from hookvisor.hooks.runner import ChainResult, HookRunner, RunnerConfig, ScriptRun
 from hookvisor.rpc.client import AgentError
-
-_OUTCOME_STYLE = {
-    "ok": "green",
-    "skipped": "dim",
-    "failed": "bold red",
-    "timeout": "bold red",
-    "invalid-output": "bold red",
-}
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -299,26 +291,33 @@ def _input_data(ev: Event, args: argparse.Namespace) -> str:
             raise UsageError(f"{ev.name} takes no data: drop --xml/--json")
         return ""
     if payload is Payload.JSON:
-        if args.xml:
-            raise UsageError(f"{ev.name} takes JSON: use --json FILE, not --xml")
-        if not args.json:
-            raise UsageError(f"{ev.name} needs its data: --json FILE")
-        text = _read_input(args.json)
-        try:
-            json.loads(text)
-        except ValueError as e:
-            raise UsageError(f"--json {args.json}: not JSON: {e}") from None
-        return text
-    if args.json:
-        raise UsageError(f"{ev.name} takes {payload.value} XML: use --xml FILE, not --json")
-    if not args.xml:
-        raise UsageError(f"{ev.name} needs its {payload.value} XML: --xml FILE")
-    text = _read_input(args.xml)
+        return _data_file(ev.name, args, "json", "JSON", "its data")
+    return _data_file(ev.name, args, "xml", f"{payload.value} XML", f"its {payload.value} XML")
+
+
+# How each data flag's file is checked, and what a bad one raises.
+_PARSERS: dict[str, tuple[Callable[[str], object], type[Exception]]] = {
+    "json": (json.loads, ValueError),
+    "xml": (ET.fromstring, ET.ParseError),
+}
+
+
+def _data_file(event: str, args: argparse.Namespace, flag: str, takes: str, needs: str) -> str:
+    """The event's data, given as --`flag` ("json" or "xml") and not as the other one: the
+    file's text, once it parses."""
+    other = "xml" if flag == "json" else "json"
+    if getattr(args, other):
+        raise UsageError(f"{event} takes {takes}: use --{flag} FILE, not --{other}")
+    path = getattr(args, flag)
+    if not path:
+        raise UsageError(f"{event} needs {needs}: --{flag} FILE")
+    text = _read_input(path)
+    parse, error = _PARSERS[flag]
     # Refused before any hook runs: a hook would only fail on it, less clearly.
     try:
-        ET.fromstring(text)
-    except ET.ParseError as e:
-        raise UsageError(f"--xml {args.xml}: not XML: {e}") from None
+        parse(text)
+    except error as e:
+        raise UsageError(f"--{flag} {path}: not {flag.upper()}: {e}") from None
     return text
 
 
@@ -437,7 +436,7 @@ def _report_run(out: _Out, run: ScriptRun) -> None:
     rc = "-" if run.rc is None else str(run.rc)
     extra = " (on_failure=ignore)" if run.ignored and run.failed else ""
     out.line(f"{run.script}: {run.outcome}{extra}  rc={rc}  {run.duration * 1000:.1f} ms",
-             style=_OUTCOME_STYLE.get(run.outcome))
+             style=OUTCOME_STYLE.get(run.outcome))
     if run.message:
         out.line(f"  {run.message}")
     out.block("stderr" + (" (cut at 64 KiB)" if run.stderr_truncated else ""), run.stderr)

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from hookvisor.cli.common import UsageError, add_global_options, settings_from_args
-from hookvisor.cli.output import Out
+from hookvisor.cli.output import OUTCOME_STYLE, Out
+from hookvisor.cli.vm_cmd import _guard
 from hookvisor.config import Settings
 from hookvisor.hooks.catalogue import get_event
 from hookvisor.hooks.records import (
@@ -40,8 +41,6 @@ from hookvisor.hooks.records import (
 from hookvisor.hooks.runner import ChainResult
 from hookvisor.rpc.client import AgentClient, AgentError, address_for
 
-_OUTCOME_STYLE = {"ok": "green", "skipped": "dim", "failed": "bold red",
-                  "timeout": "bold red", "invalid-output": "bold red"}
 _AGENT_PAGE = 100  # runs asked per getHookRuns call (the agent's default page)
 _RECORD_FIELDS = {f.name for f in fields(RunRecord)}
 
@@ -73,7 +72,9 @@ def register(sub: Any, add_client_options: Callable[[argparse.ArgumentParser], N
     hist.add_argument("--local", action="store_true",
                       help="read the state dir's records, do not ask the agent")
     add_client_options(hist)
-    hist.set_defaults(func=_guard(cmd_history))
+    # AgentError only: a closed pipe (an OSError) stays main's to handle, quietly; local
+    # record files that cannot be read already come as AgentError.
+    hist.set_defaults(func=_guard(cmd_history, (AgentError,)))
 
     rep = sub.add_parser(
         "replay", help="run a recorded chain again, offline, and show what differs",
@@ -93,17 +94,6 @@ def register(sub: Any, add_client_options: Callable[[argparse.ArgumentParser], N
                      "stdout; the report then goes to stderr)")
     add_global_options(rep)
     rep.set_defaults(func=cmd_replay)
-
-
-def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except AgentError as e:
-            print(f"hookvisor: {e}", file=sys.stderr)
-            return 1
-
-    return run
 
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -286,7 +276,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if tty:
         rows = [row[:7] + row[8:] for row in rows]
         columns.remove("ms")
-    styles: list[str | None] = [_OUTCOME_STYLE.get(r.outcome) for r in runs]
+    styles: list[str | None] = [OUTCOME_STYLE.get(r.outcome) for r in runs]
     out.table(None, columns, rows, styles,
               keep=("time", "origin", "vm", "outcome", "rc", "chain"))
     if args.verbose:
@@ -294,7 +284,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             out.line()
             out.line(f"{_when(r.time)} {r.event} {r.script} ({r.outcome}, {r.origin}, "
                      f"chain {r.chain_id}, sha256 {r.checksum[:16]})",
-                     style=_OUTCOME_STYLE.get(r.outcome))
+                     style=OUTCOME_STYLE.get(r.outcome))
             if r.message:
                 out.line(f"  {r.message}")
             cut = " (cut at 64 KiB)"

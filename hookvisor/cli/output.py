@@ -16,6 +16,15 @@ from typing import IO, Any
 
 from hookvisor.cli.common import visible
 
+# A hook run's outcome as `hooks run` and `hooks history` colour it.
+OUTCOME_STYLE = {
+    "ok": "green",
+    "skipped": "dim",
+    "failed": "bold red",
+    "timeout": "bold red",
+    "invalid-output": "bold red",
+}
+
 
 def is_terminal(stream: IO[str]) -> bool:
     try:

@@ -188,17 +188,17 @@ def _simple(verb: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """An agent error is one line on stderr and exit 1; never a traceback."""
+def _guard(func: Callable[[argparse.Namespace], int],
+           errors: tuple[type[Exception], ...] = (AgentError, OSError),
+           ) -> Callable[[argparse.Namespace], int]:
+    """An agent error (by default, an OSError too) is one line on stderr and exit 1; never a
+    traceback."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except AgentError as e:
+        except errors as e:
             # A hook's stderr comes back in a hookError: shown, not obeyed.
-            print(f"hookvisor: {visible(str(e))}", file=sys.stderr)
-            return 1
-        except OSError as e:
             print(f"hookvisor: {visible(str(e))}", file=sys.stderr)
             return 1
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,25 @@ def cmd_nic_update(args: argparse.Namespace) -> int:
     return _show(args, call(args, "vmUpdateDevice", args.vm_id, params))
 
 
+def _device_options(p: argparse.ArgumentParser, element: str, prop_help: str,
+                    func: Callable[[argparse.Namespace], int]) -> None:
+    """A hot-plug verb's --xml and --prop (as _device_params reads them) and --json."""
+    p.add_argument("--xml", metavar="FILE", help=f"the <{element}> XML instead")
+    p.add_argument("--prop", action="append", default=[], metavar="NAME=VALUE", help=prop_help)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guard(func))
+
+
+def _removal(verbs: Any, name: str, help_text: str, dest: str, metavar: str,
+             func: Callable[[argparse.Namespace], int]) -> None:
+    """A hot-unplug verb: VMID, the device, --json."""
+    p = verbs.add_parser(name, help=help_text)
+    p.add_argument("vm_id", metavar="VMID")
+    p.add_argument(dest, metavar=metavar)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guard(func))
+
+
 def register(verbs: Any) -> None:
     """Add the live-VM subcommands to `hookvisor vm`'s subparsers."""
     p = verbs.add_parser("hibernate", help="save a VM's memory to a file; the VM goes Down")
@@ -138,17 +158,9 @@ def register(verbs: Any) -> None:
     p.add_argument("vm_id", metavar="VMID")
     p.add_argument("nic", nargs="?", metavar="NETWORK[,mac=M,model=M,PROP=V...]",
                    help="a bridged NIC; keys other than mac/model/link are custom properties")
-    p.add_argument("--xml", metavar="FILE", help="the <interface> XML instead")
-    p.add_argument("--prop", action="append", default=[], metavar="NAME=VALUE",
-                   help="custom property of an --xml NIC (repeatable)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_guard(cmd_nic_add))
-
-    p = verbs.add_parser("nic-remove", help="hot-unplug a NIC (waits for the guest)")
-    p.add_argument("vm_id", metavar="VMID")
-    p.add_argument("nic", metavar="MAC|ALIAS")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_guard(cmd_nic_remove))
+    _device_options(p, "interface", "custom property of an --xml NIC (repeatable)", cmd_nic_add)
+    _removal(verbs, "nic-remove", "hot-unplug a NIC (waits for the guest)",
+             "nic", "MAC|ALIAS", cmd_nic_remove)
 
     p = verbs.add_parser("disk-add", help="hot-plug a disk")
     p.add_argument("vm_id", metavar="VMID")
@@ -158,17 +170,9 @@ def register(verbs: Any) -> None:
     p.add_argument("--iface", choices=("virtio", "scsi", "ide"), default="virtio")
     p.add_argument("--name", metavar="DEV", help="target dev (default: the next free one)")
     p.add_argument("--readonly", action="store_true")
-    p.add_argument("--xml", metavar="FILE", help="the <disk> XML instead")
-    p.add_argument("--prop", action="append", default=[], metavar="NAME=VALUE",
-                   help="custom property (repeatable)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_guard(cmd_disk_add))
-
-    p = verbs.add_parser("disk-remove", help="hot-unplug a disk (waits for the guest)")
-    p.add_argument("vm_id", metavar="VMID")
-    p.add_argument("disk", metavar="PATH|DEV|ALIAS")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_guard(cmd_disk_remove))
+    _device_options(p, "disk", "custom property (repeatable)", cmd_disk_add)
+    _removal(verbs, "disk-remove", "hot-unplug a disk (waits for the guest)",
+             "disk", "PATH|DEV|ALIAS", cmd_disk_remove)
 
     p = verbs.add_parser("nic-update", help="change a live NIC: link, network, properties")
     p.add_argument("vm_id", metavar="VMID")

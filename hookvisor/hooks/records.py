@@ -19,7 +19,7 @@ import re
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,24 @@ _CHAIN_MATCH = "chain_id >= ? AND chain_id < ?"
 
 def _chain_range(prefix: str) -> tuple[str, str]:
     return prefix, prefix + "\U0010ffff"
+
+
+def _filter(vm_id: str | None, event: str | None, failed: bool,
+            chain_id: str | None) -> tuple[list[str], list[Any]]:
+    """The WHERE terms (joined by AND) and their arguments that query and iter_query share."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (("vm_id", vm_id), ("event", event)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if chain_id is not None:
+        where.append(_CHAIN_MATCH)
+        args.extend(_chain_range(chain_id))
+    if failed:
+        where.append(f"outcome IN ({', '.join('?' for _ in FAILED_OUTCOMES)})")
+        args.extend(FAILED_OUTCOMES)
+    return where, args
 
 
 @dataclass(frozen=True)
@@ -247,6 +265,13 @@ class RunRecords:
                 conn.execute("ROLLBACK")
                 raise
 
+    def _record(self, row: Sequence[Any]) -> RunRecord:
+        """A runs row (id first, then _COLUMNS) as a RunRecord; SQLite keeps booleans as ints."""
+        values = dict(zip(_COLUMNS, row[1:], strict=True))
+        values["stdout_truncated"] = bool(values["stdout_truncated"])
+        values["stderr_truncated"] = bool(values["stderr_truncated"])
+        return RunRecord(id=row[0], origin=self.origin, **values)
+
     def query(
         self,
         *,
@@ -257,20 +282,7 @@ class RunRecords:
         limit: int | None = 100,
     ) -> list[RunRecord]:
         """Newest first."""
-        where: list[str] = []
-        args: list[Any] = []
-        if vm_id is not None:
-            where.append("vm_id = ?")
-            args.append(vm_id)
-        if event is not None:
-            where.append("event = ?")
-            args.append(event)
-        if chain_id is not None:
-            where.append(_CHAIN_MATCH)
-            args.extend(_chain_range(chain_id))
-        if failed:
-            where.append(f"outcome IN ({', '.join('?' for _ in FAILED_OUTCOMES)})")
-            args.extend(FAILED_OUTCOMES)
+        where, args = _filter(vm_id, event, failed, chain_id)
         sql = f"SELECT id, {', '.join(_COLUMNS)} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -280,13 +292,7 @@ class RunRecords:
             args.append(limit)
         with self._lock:
             rows = self._connect().execute(sql, args).fetchall()
-        out = []
-        for row in rows:
-            values = dict(zip(_COLUMNS, row[1:], strict=True))
-            values["stdout_truncated"] = bool(values["stdout_truncated"])
-            values["stderr_truncated"] = bool(values["stderr_truncated"])
-            out.append(RunRecord(id=row[0], origin=self.origin, **values))
-        return out
+        return [self._record(row) for row in rows]
 
     def iter_query(
         self,
@@ -303,18 +309,7 @@ class RunRecords:
         Only the rows a caller takes are read (each up to the output caps), and
         the lock is held for one chunk's read, never while the caller works.
         """
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("vm_id", vm_id), ("event", event)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if chain_id is not None:
-            where.append(_CHAIN_MATCH)
-            args.extend(_chain_range(chain_id))
-        if failed:
-            where.append(f"outcome IN ({', '.join('?' for _ in FAILED_OUTCOMES)})")
-            args.extend(FAILED_OUTCOMES)
+        where, args = _filter(vm_id, event, failed, chain_id)
         sql = f"SELECT id, {', '.join(_COLUMNS)} FROM runs WHERE id < ?"
         if where:
             sql += " AND " + " AND ".join(where)
@@ -324,10 +319,7 @@ class RunRecords:
             with self._lock:
                 rows = self._connect().execute(sql, [cursor, *args, chunk]).fetchall()
             for row in rows:
-                values = dict(zip(_COLUMNS, row[1:], strict=True))
-                values["stdout_truncated"] = bool(values["stdout_truncated"])
-                values["stderr_truncated"] = bool(values["stderr_truncated"])
-                yield RunRecord(id=row[0], origin=self.origin, **values)
+                yield self._record(row)
             if len(rows) < chunk:
                 return
             cursor = rows[-1][0]

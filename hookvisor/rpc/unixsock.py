@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _SUN_PATH_MAX = 107
@@ -28,24 +28,26 @@ def short_address(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-def connect(path: Path, timeout: float | None) -> socket.socket:
+def _socket_at(path: Path, use: Callable[[socket.socket, str], None]) -> socket.socket:
+    """A Unix stream socket that `use` connects or binds to `path`'s short address; closed,
+    not leaked, when that fails."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(timeout)
         with short_address(path) as address:
-            sock.connect(address)
+            use(sock, address)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def connect(path: Path, timeout: float | None) -> socket.socket:
+    def use(sock: socket.socket, address: str) -> None:
+        sock.settimeout(timeout)
+        sock.connect(address)
+
+    return _socket_at(path, use)
 
 
 def bind(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        with short_address(path) as address:
-            sock.bind(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return _socket_at(path, socket.socket.bind)

@@ -8,6 +8,7 @@ from typing import Any
 
 import libvirt
 import pytest
+from support import domain_exists
 
 from hookvisor.agent.params import parse_create
 from hookvisor.agent.policy import QEMU_NS, ClientPolicy
@@ -22,13 +23,6 @@ def domain(devices: str = "", os_extra: str = "", top: str = "", name: str = "hv
             "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
             f"<os><type arch='x86_64' machine='pc'>hvm</type>{os_extra}</os>{top}"
             f"<devices>{devices}</devices></domain>")
-
-
-@pytest.fixture
-def images(tmp_path: Path) -> Path:
-    path = tmp_path / "images"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -265,17 +259,6 @@ def test_entities_are_refused_not_expanded(policy: ClientPolicy) -> None:
 # --- through the agent ----------------------------------------------------------
 
 
-def _test_domain_exists(vm_id: str) -> bool:
-    conn = libvirt.open("test:///default")
-    try:
-        conn.lookupByUUIDString(vm_id)
-        return True
-    except libvirt.libvirtError:
-        return False
-    finally:
-        conn.close()
-
-
 def test_agent_refuses_before_libvirt_and_hooks(direct_agent: Any, dirs: Any) -> None:
     dirs.hook("before_vm_start", "50_mark", f"touch {dirs.root}/hook-ran\n")
     agent = direct_agent()
@@ -285,7 +268,7 @@ def test_agent_refuses_before_libvirt_and_hooks(direct_agent: Any, dirs: Any) ->
     reply = agent.call("create", {"xml": xml})
     assert reply["status"]["code"] == Code.CREATE_ERR, reply
     assert "<source file='/etc/shadow'>" in reply["status"]["message"]
-    assert not _test_domain_exists(vm_id)
+    assert not domain_exists(vm_id)
     assert not (dirs.root / "hook-ran").exists()
     assert agent.call("list")["vmList"] == []
     # Inside storage_dirs, the same domain starts.

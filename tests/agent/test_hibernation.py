@@ -45,13 +45,6 @@ def digest(path: Path) -> tuple[str, float]:
 
 
 @pytest.fixture
-def images(tmp_path: Path) -> Path:
-    path = tmp_path / "images"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def agent(dirs: Any, images: Path, inproc_agent: Any,
           monkeypatch: pytest.MonkeyPatch) -> Any:
     """An in-process agent whose storage_dirs is `images` (its settings come from

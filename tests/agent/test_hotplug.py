@@ -34,13 +34,6 @@ def events(dirs: Any) -> list[str]:
 
 
 @pytest.fixture
-def images(tmp_path: Path) -> Path:
-    path = tmp_path / "images"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def agent(dirs: Any, images: Path, inproc_agent: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     real: Callable[..., config.Settings] = config.load_settings
     monkeypatch.setattr(config, "load_settings", lambda *a, **k: dataclasses.replace(

@@ -25,13 +25,6 @@ def hv(agent: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def images(tmp_path: Path) -> Path:
-    path = tmp_path / "images"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def agent(dirs: Any, images: Path, serve_process: Any) -> Any:
     dirs.define("UserDefinedVMProperties", "mark=^[a-z]+$")
     dirs.define("CustomDeviceProperties", "{type=interface;prop={speed=^[0-9]+$}}")

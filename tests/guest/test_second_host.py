@@ -34,6 +34,20 @@ NIC = """<interface type='ethernet'>
 </interface>"""
 
 
+def migrate(dom: libvirt.virDomain, one: libvirt.virConnect, two: libvirt.virConnect,
+            uri: str, what: str) -> libvirt.virDomain:
+    """Live-migrate `dom` from `one` to `two` (at `uri`; peer to peer, over 127.0.0.1) and
+    print how long it took; gone from `one`, the domain as it arrived on `two`."""
+    name = dom.name()
+    start = time.monotonic()
+    dom.migrateToURI3(uri, {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1"},
+                      libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER)
+    print(f"live migration of {what}: {time.monotonic() - start:.2f}s")
+    with pytest.raises(libvirt.libvirtError):
+        one.lookupByName(name)
+    return two.lookupByName(name)
+
+
 def test_two_independent_hosts(qemu_system: str, libvirt_host2: str) -> None:
     # Starting it again is a no-op: same daemon, same URI.
     assert start_second_host() == libvirt_host2
@@ -58,14 +72,7 @@ def test_live_migration_to_second_host(qemu_system: str, libvirt_host2: str,
     try:
         with running_domain(one, tiny_guest.xml(name, log)) as dom:
             wait_marker(log, 120, dom=dom)
-            start = time.monotonic()
-            dom.migrateToURI3(libvirt_host2, {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1"},
-                              libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER)
-            elapsed = time.monotonic() - start
-            print(f"live migration of the tiny guest: {elapsed:.2f}s")
-            with pytest.raises(libvirt.libvirtError):
-                one.lookupByName(name)
-            arrived = two.lookupByName(name)
+            arrived = migrate(dom, one, two, libvirt_host2, "the tiny guest")
             try:
                 assert arrived.state()[0] == libvirt.VIR_DOMAIN_RUNNING
                 # The guest itself runs there: it answers an unplug request.
@@ -89,13 +96,7 @@ def test_live_migration_of_a_diskless_kvm_guest(qemu_system: str, libvirt_host2:
     one, two = libvirt.open(qemu_system), libvirt.open(libvirt_host2)
     try:
         with running_domain(one, diskless_xml(name, new_uuid())) as dom:
-            start = time.monotonic()
-            dom.migrateToURI3(libvirt_host2, {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1"},
-                              libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER)
-            print(f"live migration of a diskless kvm guest: {time.monotonic() - start:.2f}s")
-            with pytest.raises(libvirt.libvirtError):
-                one.lookupByName(name)
-            arrived = two.lookupByName(name)
+            arrived = migrate(dom, one, two, libvirt_host2, "a diskless kvm guest")
             try:
                 assert arrived.state()[0] == libvirt.VIR_DOMAIN_RUNNING
                 assert arrived.UUIDString() == dom.UUIDString()

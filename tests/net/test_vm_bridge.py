@@ -24,9 +24,9 @@ from typing import Any
 
 import libvirt
 import pytest
-from guest import destroy_leftovers, start_second_host, stop_second_host
+from guest import start_second_host, stop_second_host
 from net_support import Namespace
-from support import unavailable
+from support import destroy_leftovers, unavailable
 
 pytestmark = pytest.mark.libvirtd
 

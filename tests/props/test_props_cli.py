@@ -196,3 +196,33 @@ def test_unreadable_store_is_one_line(tmp_path: Path, monkeypatch: pytest.Monkey
     rc, _out, err = run(capsys, "-g", "UserDefinedVMProperties")
     assert rc == 1
     assert len(err.splitlines()) == 1 and "properties.sqlite" in err
+
+
+@pytest.mark.parametrize("key, seed, same, other, replaced, appended", [
+    ("UserDefinedVMProperties", SEED_VM, "memory=^[0-9]{1,6}$", "numa=^[a-z]+$",
+     "memory=^[0-9]{1,6}$;smartcard=^(true|false)$",
+     "memory=^[0-9]+$;smartcard=^(true|false)$;numa=^[a-z]+$"),
+    ("CustomDeviceProperties", SEED_DEVICE, "{type=interface;prop={speed=^[0-9]+$}}",
+     "{type=disk;prop={cache=^none$}}",
+     "{type=interface;prop={speed=^[0-9]+$;duplex=^(full|half)$}}",
+     SEED_DEVICE + ";{type=disk;prop={cache=^none$}}"),
+])
+def test_add_replaces_in_place_appends_or_keeps(
+        state: Path, capsys: pytest.CaptureFixture[str], key: str, seed: str, same: str,
+        other: str, replaced: str, appended: str) -> None:
+    def value() -> str:
+        rc, out, _ = run(capsys, "-g", key, "--cver=4.8")
+        assert rc == 0
+        return out.removeprefix(f"{key}: ").removesuffix(" version: 4.8\n")
+
+    assert run(capsys, "-s", f"{key}={seed}", "--cver=4.8")[0] == 0
+    # --if-missing leaves a property of that name as it is.
+    assert run(capsys, "--add", f"{key}={same}", "--if-missing", "--cver=4.8")[0] == 0
+    assert value() == seed
+    # Without it, the definition of the same name is replaced where it stands.
+    assert run(capsys, "--add", f"{key}={same}", "--cver=4.8")[0] == 0
+    assert value() == replaced
+    # A new name goes last, with or without --if-missing.
+    assert run(capsys, "-s", f"{key}={seed}", "--cver=4.8")[0] == 0
+    assert run(capsys, "--add", f"{key}={other}", "--if-missing", "--cver=4.8")[0] == 0
+    assert value() == appended
