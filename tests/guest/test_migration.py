@@ -149,7 +149,8 @@ def pair(qemu_system: str, libvirt_host2: str, tiny_guest: TinyGuest,
     src_dirs, dst_dirs = AgentDirs(tmp_path / "src"), AgentDirs(tmp_path / "dst")
     for dirs in (src_dirs, dst_dirs):
         dirs.define("CustomDeviceProperties", DEVICE_PROPS)
-    src_dirs.define("UserDefinedVMProperties", VM_PROPS)
+    for dirs in (src_dirs, dst_dirs):
+        dirs.define("UserDefinedVMProperties", VM_PROPS)
     log = tmp_path / "hooks.log"
     log.touch()
     log.chmod(0o666)
@@ -169,7 +170,6 @@ def pair(qemu_system: str, libvirt_host2: str, tiny_guest: TinyGuest,
 
 
 def test_eight_events_in_order_on_the_right_hosts(pair: Pair) -> None:
-    pair.dst_dirs.define("UserDefinedVMProperties", VM_PROPS)
     pair.hook_everywhere()
     vm_id = pair.create()
     start = time.monotonic()
@@ -253,9 +253,19 @@ def test_refusals_leave_the_source_vm_running_untouched(pair: Pair) -> None:
 def _mid_way(pair: Pair, vm_id: str) -> dict[str, Any]:
     """Migrate at 1 MiB/s and wait until libvirt has moved some data."""
     assert code(pair.migrate(vm_id, maxBandwidth=1)) == 0
-    stats: dict[str, Any] = wait_for(
-        lambda: (lambda s: s if s["state"] == "running" and int(s["dataProcessed"]) > 0
-                 else None)(pair.status(vm_id)), 60, 0.05)
+    seen: list[dict[str, Any]] = []
+
+    def moving() -> dict[str, Any] | None:
+        seen.append(pair.status(vm_id))
+        s = seen[-1]
+        if s["state"] not in ("starting", "running"):
+            raise AssertionError(f"migration ended: {s}")
+        return s if s["state"] == "running" and int(s["dataProcessed"]) > 0 else None
+
+    try:
+        stats: dict[str, Any] = wait_for(moving, 60, 0.05)
+    except AssertionError:
+        raise AssertionError(f"no progress: {seen[-3:]}") from None
     assert pair.listed(pair.src)[vm_id] == "Migration Source"
     assert pair.listed(pair.dst)[vm_id] == "Migration Destination"
     return stats
