@@ -224,3 +224,8 @@ def register(sub: Any) -> None:
     from hookvisor.cli import vm_live_cmd
 
     vm_live_cmd.register(verbs)
+
+    # migrate, migrate-status, migrate-cancel (issue 9): their own module too.
+    from hookvisor.cli import vm_migrate_cmd
+
+    vm_migrate_cmd.register(verbs)
