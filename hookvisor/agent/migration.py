@@ -45,6 +45,7 @@ from hookvisor.agent.context import Context
 from hookvisor.agent.hookcalls import family
 from hookvisor.agent.lifecycle import client_policy, custom_devices
 from hookvisor.agent.params import parse_create, show
+from hookvisor.agent.policy import check_domain, check_sizes
 from hookvisor.agent.vm import (
     DOWN,
     MIGRATING,
@@ -607,7 +608,7 @@ class Migrations:
                 rec.end(FAILED, "dropped before it arrived")
                 return
             with vm.doing(MIGRATING):
-                why = self._wait_arrival(vm, rec)
+                why = self._wait_arrival(vm, rec) or self._arrived_as_described(vm)
             if why:
                 self._drop_incoming(vm, rec, why)
                 return
@@ -646,6 +647,19 @@ class Migrations:
                         f"({self.ctx.settings.migration_timeout}s)")
             rec.wake.wait(_TICK)
             rec.wake.clear()
+
+    def _arrived_as_described(self, vm: Vm) -> str:
+        """"" if the domain libvirt received passes the client policy too: what the
+        source's libvirt sent need not be what its agent described in migrationCreate."""
+        try:
+            arrived = dx.parse_domain(self.ctx.host.migratable_xml(vm.vm_id))
+        except (HostError, dx.DomainXmlError) as e:
+            return f"the arrived domain cannot be read: {e}"
+        policy = client_policy(self.ctx)
+        problems = check_domain(arrived, policy) + check_sizes(arrived, policy)
+        if problems:
+            return "the arrived domain is not what this host accepts: " + "; ".join(problems)
+        return ""
 
     def _drop_incoming(self, vm: Vm, rec: Record, why: str) -> None:
         """Under vm.lock: nothing of the half-arrived VM is left here."""

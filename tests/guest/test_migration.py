@@ -11,11 +11,13 @@ log: the order of the eight events, and where each ran, is read from there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -384,3 +386,35 @@ def test_cli_migrate_wait_and_status(pair: Pair) -> None:
     gone = _hv(pair.src, "migrate-cancel", vm_id)
     assert gone.returncode == 1 and "noVM (1)" in gone.stderr, gone
     assert code(pair.dst.api.destroy(vm_id)) == 0
+
+
+def test_destination_checks_what_libvirt_delivered(pair: Pair, tmp_path: Path) -> None:
+    """A peer describes one domain in migrationCreate and its libvirt sends another:
+    the arrived domain is held to the client policy too, and destroyed if it fails."""
+    outside = Path(tempfile.mkdtemp(prefix="hvtest-outside-"))
+    try:
+        vm_id = str(uuid.uuid4())
+        name = f"hvtest-mig-{vm_id[:8]}"
+        described = pair.guest.xml(name, tmp_path / "serial.log", uuid=vm_id)
+        sent = pair.guest.xml(name, outside / "serial.log", uuid=vm_id)
+        reply = pair.dst.api.migrationCreate({"vmId": vm_id, "_srcDomXML": described})
+        assert code(reply) == 0, reply
+        conn = libvirt.open("qemu:///system")
+        try:
+            dom = conn.createXML(sent, 0)
+            try:
+                dom.migrateToURI3(pair.uri2, {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1"},
+                                  libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER)
+            finally:
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
+        finally:
+            conn.close()
+        out = wait_for(lambda: (lambda s: s if s["state"] != "incoming" else None)(
+            pair.status(vm_id, pair.dst)), 30)
+        assert out["state"] == "failed" and "outside storage_dirs" in out["message"], out
+        assert str(outside) in out["message"]
+        wait_for(lambda: not pair.running_on(pair.uri2, vm_id), 10)
+        assert pair.listed(pair.dst) == {}
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
