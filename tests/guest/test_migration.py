@@ -28,7 +28,7 @@ from typing import Any
 
 import libvirt
 import pytest
-from guest import TinyGuest, wait_marker
+from guest import TinyGuest, diskless_xml, kvm_usable, wait_marker
 from labpki import lab_pki
 
 from hookvisor.virt import domain_xml as dx
@@ -438,3 +438,20 @@ def test_destination_checks_what_libvirt_delivered(pair: Pair, tmp_path: Path) -
         assert pair.listed(pair.dst) == {}
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+@pytest.mark.skipif(not kvm_usable(), reason="/dev/kvm not usable")
+def test_a_diskless_kvm_guest_migrates_through_the_agents(pair: Pair) -> None:
+    vm_id = str(uuid.uuid4())
+    reply = pair.src.api.create({"vmId": vm_id, "custom": {"tag": "green"},
+                                 "xml": diskless_xml(f"hvtest-mig-kvm-{vm_id[:6]}", vm_id)})
+    assert code(reply) == 0, reply
+    assert code(pair.migrate(vm_id)) == 0
+    done = pair.outcome(vm_id)
+    assert done["state"] == "done", done
+    print(f"diskless kvm guest through the agents: {done['elapsed']}s")
+    assert pair.running_on(pair.uri2, vm_id)
+    wait_for(lambda: pair.listed(pair.dst).get(vm_id) == "Up")
+    full = {v["vmId"]: v for v in pair.dst.api.list(True)["vmList"]}[vm_id]
+    assert full["custom"] == {"tag": "green"}
+    assert code(pair.dst.api.destroy(vm_id)) == 0
