@@ -90,6 +90,7 @@ _TICK = 0.1
 # Outcomes kept for migrateStatus after the VM left (bounded: one per VM id).
 _KEEP = 256
 _PEER_TIMEOUT = 60.0
+_PING_TIMEOUT = 5.0
 
 
 class PeerError(Exception):
@@ -408,10 +409,23 @@ class Migrations:
             rec.end(FAILED, f"no migratable XML of the VM: {e}")
             return False
         try:
-            peer = self.connect(req.dst, _PEER_TIMEOUT)
+            # Its hooks may take long (hook_timeout each): as long as a migration may.
+            peer = self.connect(req.dst, max(_PEER_TIMEOUT,
+                                             self.ctx.settings.migration_timeout))
             reply = peer.call("migrationCreate", params)
         except PeerError as e:
+            if e.code is None:  # no answer: it may have created it all the same
+                self._abort_destination(vm, req)
             rec.end(FAILED, f"destination {req.dst} refused the VM: {e}")
+            return False
+        with contextlib.suppress(PeerError, OSError):
+            peer.close()
+        try:
+            # Pings need a quick answer: a connection of their own, a short timeout.
+            peer = self.connect(req.dst, _PING_TIMEOUT)
+        except PeerError as e:
+            self._abort_destination(vm, req)
+            rec.end(FAILED, f"destination agent {req.dst} gone after the handshake: {e}")
             return False
         try:
             dest_uri, data_uri = self._where(reply, req)
