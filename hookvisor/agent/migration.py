@@ -433,6 +433,10 @@ class Migrations:
             self._abort_destination(vm, req)
             rec.end(FAILED, f"destination {req.dst}: {e}")
             return False
+        if rec.cancel.is_set():
+            self._abort_destination(vm, req)
+            rec.end(CANCELED, "canceled during the handshake")
+            return False
         rec.state = RUNNING_STATE
         log.info("VM %s: migrating to %s (libvirt %s)", vm.vm_id, req.dst, dest_uri)
         ok = self._watch(vm, rec, req, peer, dest_uri, data_uri)
