@@ -108,3 +108,22 @@ def test_migrate_source_checks(dirs: Any, inproc_agent: Any) -> None:
         assert code(agent.api.migrateCancel(vm_id)) == 100
     finally:
         agent.api.destroy(vm_id)
+
+
+def test_progress_from_libvirt_job_stats() -> None:
+    from hookvisor.agent.migration import progress_of
+    from hookvisor.cli.vm_migrate_cmd import describe
+
+    stats = {"type": 2, "data_total": 400 * 2**20, "data_processed": 150 * 2**20,
+             "data_remaining": 300 * 2**20, "memory_bps": 2**20}
+    out = progress_of(stats, "running")
+    assert out["progress"] == 25 and out["dataRemaining"] == 300 * 2**20
+    assert out["memoryBps"] == 2**20 and "downtime" not in out
+    # Never 100 before libvirt is done; always 100 once it is.
+    assert progress_of({"data_total": 10, "data_remaining": 0}, "running")["progress"] == 99
+    assert progress_of({}, "done")["progress"] == 100
+    assert progress_of({}, "running")["progress"] == 0
+    line = describe({"state": "running", **out, "elapsed": 1.5})
+    assert line == "running 25%, 150.0 MiB sent, 300.0 MiB left of 400.0 MiB, 1.5s"
+    line = describe({"state": "done", "progress": 100, "downtime": 80, "message": "ok"})
+    assert line == "done 100%, downtime 80 ms: ok"
