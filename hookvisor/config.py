@@ -111,6 +111,16 @@ class Settings:
     # setTicket), "spice", or "none".
     graphics: str = "vnc"
 
+    # --- live migration (issue 9) ---
+    # The source aborts a libvirt migration running longer than this; the
+    # destination forgets an incoming VM that has not arrived within it.
+    migration_timeout: float = 600.0
+    # The libvirt URI a peer migrates to (told in migrationCreate's reply); "":
+    # libvirt_uri when it names a host, else qemu+tls://<this host's name>/system.
+    migration_uri: str = ""
+    # Where QEMU's memory stream goes (tcp://ADDRESS); "": migration_uri's host.
+    migration_address: str = ""
+
     def pki_paths(self) -> tuple[Path, Path, Path]:
         """(CA certificate, host certificate, host key), defaults under pki_dir."""
         return (self.ca_cert or self.pki_dir / "certs" / "cacert.pem",

@@ -21,7 +21,8 @@
 set -euo pipefail
 SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
-DIR=$(readlink -f "${HOOKVISOR_LIBVIRTD2_DIR:-var/libvirtd2}")
+# -m: the dir (and var/) may not exist yet on a fresh checkout.
+DIR=$(readlink -m "${HOOKVISOR_LIBVIRTD2_DIR:-var/libvirtd2}")
 PIDFILE=$DIR/libvirtd.pid
 NETNS=${HOOKVISOR_LIBVIRTD2_NETNS:-}
 SOCK=${HOOKVISOR_LIBVIRTD2_SOCK:-$DIR/sock}

@@ -30,6 +30,7 @@ from hookvisor.agent import (
 )
 from hookvisor.agent.context import Context, PropertyChecker
 from hookvisor.agent.hookcalls import HookCalls
+from hookvisor.agent.migration import Migrations
 from hookvisor.agent.network import NetworkService
 from hookvisor.agent.params import show
 from hookvisor.agent.registry import VmRegistry
@@ -171,19 +172,24 @@ class Agent:
         host.on_lifecycle(self._on_lifecycle, _WATCHED)
         host.on_device_removed(self.ctx.removals.removed)
         host.on_connection(self._on_connection)
+        # Live migration (agent/migration.py); the server gives it a way to reach peers.
+        self.migrations = Migrations(self.ctx)
 
     # --- start and stop -------------------------------------------------------
 
     def recover(self) -> int:
         """Adopt running VMs; until this returns, verbs answer `recovery`."""
         try:
-            return recovery.recover(self.ctx)
+            adopted = recovery.recover(self.ctx)
+            self.migrations.adopt()  # migrations libvirt still runs: followed to their end
+            return adopted
         finally:
             self._recovering = False
 
     def close(self) -> None:
         """Finish event follow-ups in flight, then let go of libvirt."""
         self._closed.set()
+        self.migrations.close()
         self._events.shutdown(wait=True)
         self.ctx.host.close()
 
@@ -245,6 +251,19 @@ class Agent:
 
     def hostdev_list_by_caps(self, caps: Any = None) -> dict[str, Any]:
         return hostdev.list_by_caps(self.ctx, caps)
+
+    def migrate(self, params: Any) -> dict[str, Any]:
+        return self.migrations.migrate(params)
+
+    def migration_create(self, params: Any, incoming_limit: Any = None) -> dict[str, Any]:
+        return self.migrations.create(params, incoming_limit)
+
+    def migrate_status(self, vm_id: Any) -> dict[str, Any]:
+        return self.migrations.status(vm_id_arg(vm_id))
+
+    def migrate_cancel(self, vm_id: Any) -> dict[str, Any]:
+        self.migrations.cancel(vm_id_arg(vm_id))
+        return {}
 
     def list_vms(self, full: Any = False, vm_list: Any = None) -> list[dict[str, Any]]:
         full = bool_arg(full, "fullStatus")
@@ -372,6 +391,7 @@ class Agent:
 
     def _on_lifecycle(self, vm_id: str, event: int, detail: int) -> None:
         """On libvirt's event thread: only decide whether to look closer."""
+        self.migrations.wake(vm_id)  # a migration waiting for this domain looks now
         if event not in _WATCHED:
             return
         if event == EVENT_STOPPED:

@@ -205,6 +205,10 @@ def serve(settings: Settings, ready: threading.Event | None = None,
     agent = Agent(host, hooks, props, settings.run_dir, settings.cluster_version, records,
                   settings=settings)
     agent.network = _network(settings, hooks, props)
+    from hookvisor.rpc.peer import peer_factory
+
+    # Migration: the source agent calls the destination's migrationCreate itself.
+    agent.migrations.connect = peer_factory(settings)
     try:
         server = make_server(agent, settings)
     except (OSError, ValueError) as e:

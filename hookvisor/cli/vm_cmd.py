@@ -287,6 +287,11 @@ def register(sub: Any) -> None:
 
     vm_extra_cmd.register(verbs)
 
+    # migrate, migrate-status, migrate-cancel (issue 9): their own module too.
+    from hookvisor.cli import vm_migrate_cmd
+
+    vm_migrate_cmd.register(verbs)
+
     for verb_parser in verbs.choices.values():
         add_client_options(verb_parser, after=True)
         add_global_options(verb_parser)

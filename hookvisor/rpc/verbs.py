@@ -15,9 +15,7 @@ from typing import Any
 from hookvisor.agent.core import Agent
 
 # Verbs of SPEC §4 not built yet: `noimpl`, never a traceback.
-NOT_BUILT = frozenset({
-    "migrate", "migrationCreate", "migrateStatus",
-})
+NOT_BUILT: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,11 @@ def verb_table(agent: Agent) -> dict[str, Verb]:
         Verb("hotplugDisk", agent.hotplug_disk, True, "vmList", changes=True),
         Verb("hotunplugDisk", agent.hotunplug_disk, True, "vmList", changes=True),
         Verb("vmUpdateDevice", agent.vm_update_device, True, "vmList", changes=True),
+        # Live migration: migrate returns at once; migrationCreate is the peer agent's call.
+        Verb("migrate", agent.migrate, True, None, changes=True),
+        Verb("migrationCreate", agent.migration_create, True, "params", changes=True),
+        Verb("migrateStatus", agent.migrate_status, True, "migrationStats"),
+        Verb("migrateCancel", agent.migrate_cancel, True, None, changes=True),
         Verb("list", agent.list_vms, True, "vmList"),
         Verb("dumpxmls", agent.dumpxmls, True, "domxmls"),
         Verb("getVmStats", agent.get_vm_stats, True, "statsList"),

@@ -515,7 +515,8 @@ class Host:
         self.forget(uuid)
 
     def abort_job(self, uuid: str) -> None:
-        """Cancel the domain's job in progress (a save): libvirt resumes the guest."""
+        """Cancel the domain's job in progress (a save, a migration): libvirt keeps the
+        guest running here."""
         self._call(uuid, lambda dom: dom.abortJob())
 
     def saved_xml(self, path: str) -> str:
@@ -673,6 +674,51 @@ class Host:
         found: frozenset[str] = self.__dict__["_emulators"]
         return found
 
+    # --- migration (issue 9) ----------------------------------------------------
+
+    def migratable_xml(self, uuid: str) -> str:
+        """The domain XML as libvirt sends it to a migration's destination (no live-only
+        parts: no seclabel labels, aliases or tap names of this host)."""
+        return str(self._call(uuid, lambda dom: dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)))
+
+    def migrate(self, uuid: str, dest_uri: str, data_uri: str | None = None,
+                bandwidth_mib: int = 0, tunnelled: bool = False) -> None:
+        """Live, peer-to-peer migration to the libvirt at `dest_uri`; returns when done.
+
+        `data_uri` (tcp://HOST) is where QEMU sends the memory (not with
+        `tunnelled`: then it goes through libvirtd's own connection);
+        `bandwidth_mib` in MiB/s, 0: libvirt's default. On failure libvirt keeps
+        the guest running here and cleans up the destination.
+        """
+        params: dict[str, Any] = {}
+        flags = MIGRATE_FLAGS
+        if tunnelled:
+            flags |= libvirt.VIR_MIGRATE_TUNNELLED
+        elif data_uri:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = data_uri
+        if bandwidth_mib:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib
+        self._call(uuid, lambda dom: dom.migrateToURI3(dest_uri, params, flags))
+        self.forget(uuid)
+
+    def job_stats(self, uuid: str) -> dict[str, Any]:
+        """libvirt's statistics of the domain's current job ({"type": 0}: none)."""
+        return dict(self._call(uuid, lambda dom: dom.jobStats(0)))
+
+    def on_job_completed(self, callback: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call `callback(uuid, stats)` when a domain's job completes (a migration's
+        final statistics, downtime included, even though the domain has left).
+
+        From the event thread; keep it short. Kept across reconnections.
+        """
+        def relay(_conn: Any, dom: Any, stats: dict[str, Any], _opaque: Any) -> None:
+            try:
+                callback(dom.UUIDString(), dict(stats))
+            except Exception:
+                log.exception("job-completed event handler failed")
+
+        self._subscribe(libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, relay)
+
 
     # --- VDSM's other hook points (issue 13) ----------------------------------
 
@@ -709,3 +755,16 @@ def _release(conn: Any, event_ids: list[int]) -> None:
             conn.domainEventDeregisterAny(callback_id)
     with contextlib.suppress(libvirt.libvirtError):
         conn.close()
+
+
+# --- migration (issue 9) --------------------------------------------------------
+
+EVENT_STARTED = libvirt.VIR_DOMAIN_EVENT_STARTED
+# Live and peer to peer: the source libvirtd talks to the destination's itself,
+# so the agents only hand over the domain's identity and hooks.
+MIGRATE_FLAGS = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+JOB_NONE = libvirt.VIR_DOMAIN_JOB_NONE
+# jobStats "operation" values of a migration, as seen by each end.
+JOB_MIGRATION_OUT = libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT
+JOB_MIGRATION_IN = libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN
+RUNNING = libvirt.VIR_DOMAIN_RUNNING

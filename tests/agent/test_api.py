@@ -309,8 +309,11 @@ def test_error_codes_and_envelope(props: Any, inproc_agent: Any) -> None:
         for verb in ("destroy", "pause", "cont", "getVmStats"):
             reply = getattr(agent.api, verb)(missing)
             assert code(reply) == 1, (verb, reply)
-        for verb in ("migrate", "noSuchVerb"):
-            assert code(getattr(agent.api, verb)({})) == 44
+        assert code(agent.api.noSuchVerb({})) == 44
+        # Built (issue 9): refused by its checks, naming the parameter.
+        reply = agent.api.migrate({})
+        assert code(reply) == 100 and "vmId" in reply["status"]["message"]
+        assert code(agent.api.migrateStatus(missing)) == 1
         # Refused by its checks, before any netlink call (this agent is in the host's namespace).
         assert code(agent.api.setupNetworks({"n": {"nic": "x/y"}}, {}, {})) == 100
         # Built (issue 8): a VM verb without a VM is refused by its checks.
