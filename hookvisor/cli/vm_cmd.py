@@ -197,6 +197,8 @@ def _guard(func: Callable[[argparse.Namespace], int],
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
+        except BrokenPipeError:
+            raise  # `| head` has what it wanted: main() exits quietly
         except errors as e:
             # A hook's stderr comes back in a hookError: shown, not obeyed.
             print(f"hookvisor: {visible(str(e))}", file=sys.stderr)

@@ -89,3 +89,20 @@ def test_unreachable_agent_is_one_line() -> None:
     )
     assert out.returncode == 1
     assert out.stderr.startswith("hookvisor: cannot reach the agent at 127.0.0.1:9")
+
+
+
+def test_a_closed_pipe_is_a_quiet_exit_not_an_error() -> None:
+    # `hookvisor vm list | head`: the reader went away; the command exits 0 with
+    # nothing on stderr (the guard would otherwise print the OSError, exit 1).
+    code = (
+        "import sys\n"
+        "from hookvisor.cli import main, vm_cmd\n"
+        "def closed(_args):\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "vm_cmd.cmd_list = closed\n"
+        "sys.exit(main.main(['vm', '--socket', '/nonexistent', 'list']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, "")
