@@ -397,7 +397,12 @@ class Agent:
         if event == EVENT_STOPPED:
             self.ctx.removals.wake(vm_id)  # an unplug waiting on this guest: it is gone
         vm = self.ctx.registry.find(vm_id)
-        if vm is None or vm.operation in STOPS_DOMAIN or self._closed.is_set():
+        # Down already (the agent's own destroy set it, before it lets go of the
+        # VM's lock): _check would do nothing, and a follow-up now would find the
+        # lock held and start a retry timer, one thread per destroy. A record never
+        # comes back from Down, so this read without the lock cannot miss a death.
+        if (vm is None or vm.status == DOWN or vm.operation in STOPS_DOMAIN
+                or self._closed.is_set()):
             return
         with contextlib.suppress(RuntimeError):  # shutting down
             self._events.submit(self._follow_up, vm, event, detail)
