@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,11 +46,40 @@ class LogFormatter(logging.Formatter):
     A traceback (exc_info) is appended after this, still on its own lines.
     """
 
+    def __init__(self, fmt: str = LOG_FORMAT) -> None:
+        super().__init__(fmt)
+        # (whole second, its text): every record of one second shares it.
+        self._stamp: tuple[int, str] = (-1, "")
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Every changing call logs twice: LOG_FORMAT is built here directly, the
+        # same text as logging.Formatter makes of it, at half its cost.
+        if (self._fmt != LOG_FORMAT or record.exc_info or record.exc_text
+                or record.stack_info):
+            return super().format(record)
+        record.message = message = visible(record.getMessage())
+        second = int(record.created)
+        stamp = self._stamp
+        if stamp[0] != second:
+            stamp = (second, time.strftime(self.default_time_format,
+                                           self.converter(record.created)))
+            self._stamp = stamp  # one assignment: a thread reads a whole pair
+        return f"{stamp[1]},{int(record.msecs):03d} {record.levelname} {record.name}: {message}"
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         # A hook's stderr (which may carry a client's custom property) must not
         # forge a log line or drive the reader's terminal.
         record.message = visible(record.message)
         return super().formatMessage(record)
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """StreamHandler without the second flush: stderr is line-buffered, its write
+    of a line has reached the file already."""
+
+    def flush(self) -> None:
+        if not getattr(self.stream, "line_buffering", False):
+            super().flush()
 
 
 def register(sub: Any) -> None:
@@ -140,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--hooks-dir {settings.hooks_dir}: "
                          + ("not a directory" if settings.hooks_dir.exists()
                             else "does not exist"))
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineHandler(sys.stderr)
     handler.setFormatter(LogFormatter(LOG_FORMAT))
     logging.basicConfig(level=args.log_level, handlers=[handler])
     # LOG_FORMAT shows no source line, thread or process: gathering them for
