@@ -52,6 +52,8 @@ def stop_reason(event: int, detail: int) -> tuple[str, bool]:
     return _STOP_DETAILS.get(detail, ("stopped", False))
 
 _loop_lock = threading.Lock()
+# Event domain handles freed together (Host._spend): a few KiB held at most.
+_SPENT_BATCH = 64
 _loop_started = False
 
 # Stat groups for the bulk call; a group the driver lacks is skipped, not an error.
@@ -194,6 +196,8 @@ class Host:
         # resolve a handle by its UUID, so one stays good as long as a lookup would;
         # they belong to one connection and are dropped with it.
         self._doms: dict[str, Any] = {}
+        # Event domain handles not let go of yet (see _spend).
+        self._spent: list[Any] = []
         self._watch_close(conn)
 
     # --- the connection -------------------------------------------------------
@@ -344,6 +348,7 @@ class Host:
         wanted = None if events is None else frozenset(events)
 
         def relay(_conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+            self._spend(dom)
             # Every start and destroy raises events: the others cost no libvirt call.
             if wanted is not None and event not in wanted:
                 return
@@ -366,6 +371,20 @@ class Host:
                 log.exception("device-removed event handler failed")
 
         self._subscribe(libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, relay)
+
+    def _spend(self, dom: Any) -> None:
+        """Keep an event's domain handle, to let go of it with others later.
+
+        On the event thread only. Freeing a handle lets the GIL go (libvirt-python
+        frees it with threads allowed), and an event comes while a verb is at
+        work: freed one by one, each event made the verb and the event thread
+        hand the GIL to each other one more time. A batch costs about one.
+        """
+        spent = self._spent
+        spent.append(dom)
+        if len(spent) >= _SPENT_BATCH:
+            self._spent = []
+            spent.clear()  # the handles are freed here, in a row
 
     def _subscribe(self, event_id: int, relay: Callable[..., None]) -> None:
         with self._lock:
