@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from hookvisor.agent.hookcalls import HookCalls
 from hookvisor.agent.registry import VmRegistry
@@ -14,11 +14,23 @@ from hookvisor.config import Settings
 from hookvisor.errors import Code, VdsmError
 from hookvisor.virt.host import Host, HostError
 
+T = TypeVar("T")
 
-def host_failure(e: HostError, code: Code, message: str) -> VdsmError:
+
+def host_failure(e: HostError, code: Code, message: str, *, no_vm: bool = False) -> VdsmError:
     """libvirt's failure as the verb's error `code`, but unavail when libvirtd is gone (the
-    connection went between the gate and the call): the client may retry that one."""
-    return VdsmError(Code.UNAVAIL if e.disconnected else code, f"{message}: {e}")
+    connection went between the gate and the call): the client may retry that one. With
+    `no_vm`, a domain libvirt no longer has answers noVM (VDSM's code for those verbs)."""
+    return VdsmError(Code.NO_VM if no_vm and e.no_domain else
+                     Code.UNAVAIL if e.disconnected else code, f"{message}: {e}")
+
+
+def host_call(call: Callable[[], T], code: Code, message: str, *, no_vm: bool = False) -> T:
+    """`call()` (one libvirt call), its HostError raised as host_failure's VdsmError."""
+    try:
+        return call()
+    except HostError as e:
+        raise host_failure(e, code, message, no_vm=no_vm) from None
 
 
 class PropertyChecker(Protocol):

@@ -19,14 +19,13 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from hookvisor.agent.context import Context
+from hookvisor.agent.context import Context, host_call
 from hookvisor.agent.hookcalls import family
 from hookvisor.agent.hotplug import _live, _locked, _running
 from hookvisor.agent.params import _INT_RE, _Problems, _props, show
 from hookvisor.agent.vm import HOTPLUGGING, UPDATING
 from hookvisor.errors import Code, VdsmError
 from hookvisor.virt import domain_xml as dx
-from hookvisor.virt.host import HostError
 
 log = logging.getLogger("hookvisor.agent")
 
@@ -46,11 +45,6 @@ def _int(value: Any, where: str, low: int, high: int, code: Code) -> int:
         raise VdsmError(code, f"{where}: expected an integer from {low} to {high}, "
                         f"got {show(value)}")
     return value
-
-
-def _libvirt_error(e: HostError, code: Code, what: str) -> VdsmError:
-    return VdsmError(Code.NO_VM if e.no_domain else Code.UNAVAIL if e.disconnected else code,
-                     f"{what}: {e}")
 
 
 # --- memory -------------------------------------------------------------------------
@@ -81,11 +75,9 @@ def hotplug_memory(ctx: Context, params: Any) -> dict[str, Any]:
                 raise VdsmError(Code.HOOK_ERROR, f"before_memory_hotplug left <{elem.tag}>, "
                                 "not a <memory> device")
             with vm.doing(HOTPLUGGING):
-                try:
-                    ctx.host.attach(vm.vm_id, final)
-                except HostError as e:
-                    raise _libvirt_error(e, code, f"libvirt could not hot-plug {size} MiB "
-                                         f"into VM {vm.vm_id}") from None
+                host_call(lambda: ctx.host.attach(vm.vm_id, final), code,
+                          f"libvirt could not hot-plug {size} MiB into VM {vm.vm_id}",
+                          no_vm=True)
                 added = _size_mib(elem) or size
                 vm.params["memSize"] = int(vm.params.get("memSize") or 0) + added
                 # The agent's record follows without a libvirt round trip; a restarted
@@ -122,11 +114,9 @@ def set_number_of_cpus(ctx: Context, vm_id: Any, count: Any) -> dict[str, Any]:
     def body() -> dict[str, Any]:
         def act(_data: str) -> None:
             with vm.doing(UPDATING):
-                try:
-                    ctx.host.set_vcpus(vm.vm_id, number)
-                except HostError as e:
-                    raise _libvirt_error(e, code, f"libvirt could not set VM {vm.vm_id}'s "
-                                         f"vCPUs to {number}") from None
+                host_call(lambda: ctx.host.set_vcpus(vm.vm_id, number), code,
+                          f"libvirt could not set VM {vm.vm_id}'s vCPUs to {number}",
+                          no_vm=True)
                 vm.params["smp"] = number  # recovery reads it from the live XML
             log.info("VM %s: %d vCPUs", vm.vm_id, number)
 
@@ -180,11 +170,9 @@ def set_ticket(ctx: Context, vm_id: Any, password: Any, ttl: Any,
 
         def act(_data: str) -> None:
             with vm.doing(UPDATING):
-                try:
-                    ctx.host.update_device(vm.vm_id, device)
-                except HostError as e:
-                    raise _libvirt_error(e, code, f"libvirt could not set the {kind} ticket "
-                                         f"of VM {vm.vm_id}") from None
+                host_call(lambda: ctx.host.update_device(vm.vm_id, device), code,
+                          f"libvirt could not set the {kind} ticket of VM {vm.vm_id}",
+                          no_vm=True)
             log.info("VM %s: %s ticket set (ttl %ds)", vm.vm_id, kind, seconds)
 
         # Both events: vetoes=False in the catalogue, so a failing hook is logged only.

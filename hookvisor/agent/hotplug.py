@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hookvisor.agent import diskprep
-from hookvisor.agent.context import Context, host_failure
+from hookvisor.agent.context import Context, host_call, host_failure
 from hookvisor.agent.hookcalls import Family, family
 from hookvisor.agent.lifecycle import client_policy, metadata_of
 from hookvisor.agent.params import _bool, _disk, _nic, _Problems, _props
@@ -78,10 +78,8 @@ def _locked(vm: Vm, code: Code, body: Callable[[], dict[str, Any]]) -> dict[str,
 
 
 def _live(ctx: Context, vm: Vm, code: Code) -> str:
-    try:
-        vm.xml = ctx.host.xml(vm.vm_id)
-    except HostError as e:
-        raise host_failure(e, code, f"libvirt has no live XML of VM {vm.vm_id}") from None
+    vm.xml = host_call(lambda: ctx.host.xml(vm.vm_id), code,
+                       f"libvirt has no live XML of VM {vm.vm_id}")
     return vm.xml
 
 
@@ -268,11 +266,8 @@ def hotplug(ctx: Context, params: Any, kind: Kind) -> dict[str, Any]:
         def act(final: str) -> str:
             new_key = dx.device_key(dx.parse(final, "device XML"))
             with vm.doing(HOTPLUGGING):
-                try:
-                    ctx.host.attach(vm.vm_id, final)
-                except HostError as e:
-                    raise host_failure(e, code, f"libvirt could not attach the {kind.tag} "
-                                       f"to VM {vm.vm_id}") from None
+                host_call(lambda: ctx.host.attach(vm.vm_id, final), code,
+                          f"libvirt could not attach the {kind.tag} to VM {vm.vm_id}")
                 if custom and new_key is not None:
                     vm.device_props[new_key] = dict(custom)
                 vm.xml = dx.add_device(vm.xml or _live(ctx, vm, code), final)
@@ -441,11 +436,8 @@ def update_device(ctx: Context, vm_id: Any, params: Any) -> dict[str, Any]:
 
         def act(final: str) -> str:
             with vm.doing(UPDATING):
-                try:
-                    ctx.host.update_device(vm.vm_id, final)
-                except HostError as e:
-                    raise host_failure(e, code, f"libvirt could not update the interface "
-                                       f"of VM {vm.vm_id}") from None
+                host_call(lambda: ctx.host.update_device(vm.vm_id, final), code,
+                          f"libvirt could not update the interface of VM {vm.vm_id}")
                 if key is not None:
                     if custom:
                         vm.device_props[key] = dict(custom)
