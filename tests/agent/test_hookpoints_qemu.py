@@ -21,9 +21,8 @@ from typing import Any
 
 import libvirt
 import pytest
-from guest import GUEST_DIR, TinyGuest
+from guest import GUEST_DIR, TinyGuest, boot, booted
 from support import HOOK_PYTHON
-from test_live_qemu import _boot
 
 from hookvisor.virt import domain_xml as dx
 
@@ -38,12 +37,6 @@ EVENTS = ("before_memory_hotplug", "after_memory_hotplug", "before_set_num_of_cp
 
 def code(reply: dict[str, Any]) -> int:
     return int(reply["status"]["code"])
-
-
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def ready_xml(tiny_guest: TinyGuest, name: str, serial: Path, vm_id: str) -> str:
@@ -66,23 +59,12 @@ def ready_xml(tiny_guest: TinyGuest, name: str, serial: Path, vm_id: str) -> str
 @pytest.fixture(scope="module")
 def _guest(tiny_guest: TinyGuest, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[str, Path, Any, str]]:
-    libvirt.registerErrorHandler(lambda _c, _e: None, None)
-    try:
-        conn = libvirt.open(QEMU_URI)
-    except libvirt.libvirtError as e:
-        _unavailable(f"{QEMU_URI} not reachable: {e}")
-        raise
     root = tmp_path_factory.mktemp("hookpoints")
     vm_id = str(uuid.uuid4())
     serial = root / "serial.log"
     xml = ready_xml(tiny_guest, f"hvtest-hp-{vm_id[:6]}", serial, vm_id)
-    try:
-        _boot(conn, xml, vm_id, serial)
+    with booted(QEMU_URI, xml, vm_id, serial) as conn:
         yield vm_id, serial, conn, xml
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.lookupByUUIDString(vm_id).destroy()
-        conn.close()
 
 
 @pytest.fixture
@@ -91,7 +73,7 @@ def guest(_guest: tuple[str, Path, Any, str]) -> Iterator[str]:
     vm_id, serial, conn, xml = _guest
     with contextlib.suppress(libvirt.libvirtError):
         conn.lookupByUUIDString(vm_id).destroy()
-    _boot(conn, xml, vm_id, serial)
+    boot(conn, xml, vm_id, serial)
     yield vm_id
 
 

@@ -11,7 +11,6 @@ Failures are real: a disk file that does not exist, a guest that never booted
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import threading
@@ -25,7 +24,8 @@ from typing import Any
 
 import libvirt
 import pytest
-from guest import GUEST_DIR, TinyGuest, wait_marker
+from guest import GUEST_DIR, TinyGuest, boot, booted
+from support import unavailable
 
 from hookvisor.virt import domain_xml as dx
 
@@ -47,12 +47,6 @@ def code(reply: dict[str, Any]) -> int:
     return int(reply["status"]["code"])
 
 
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @dataclass
 class Guest:
     vm_id: str
@@ -65,12 +59,6 @@ class Guest:
 def _guest(tiny_guest: TinyGuest, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[Guest, Any, str]]:
     """The booted tiny guest, as if an earlier agent had created it (its metadata in it)."""
-    libvirt.registerErrorHandler(lambda _c, _e: None, None)
-    try:
-        conn = libvirt.open(QEMU_URI)
-    except libvirt.libvirtError as e:
-        _unavailable(f"{QEMU_URI} not reachable: {e}")
-        raise
     root = tmp_path_factory.mktemp("live")
     images = root / "images"
     images.mkdir()
@@ -79,13 +67,8 @@ def _guest(tiny_guest: TinyGuest, tmp_path_factory: pytest.TempPathFactory
     serial = root / "serial.log"
     xml = dx.set_metadata(tiny_guest.xml(name, serial, uuid=vm_id),
                           dx.Metadata({"tag": "blue"}, {}, {"vmId": vm_id, "vmName": name}))
-    try:
-        _boot(conn, xml, vm_id, serial)
+    with booted(QEMU_URI, xml, vm_id, serial) as conn:
         yield Guest(vm_id, name, serial, images), conn, xml
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.lookupByUUIDString(vm_id).destroy()
-        conn.close()
 
 
 @pytest.fixture
@@ -97,36 +80,8 @@ def guest(_guest: tuple[Guest, Any, str]) -> Guest:
     except libvirt.libvirtError:
         alive = False
     if not alive:
-        _boot(conn, xml, booted.vm_id, booted.serial)
+        boot(conn, xml, booted.vm_id, booted.serial)
     return booted
-
-
-def _boot(conn: Any, xml: str, vm_id: str, serial: Path, attempts: int = 3) -> None:
-    """Boot to the ready marker. Other test sessions on this libvirtd destroy every
-    `hvtest-` domain they find after their tests (their leak guard): boot again then."""
-    for attempt in range(attempts):
-        serial.unlink(missing_ok=True)
-        try:
-            conn.createXML(xml, 0)
-        except libvirt.libvirtError as e:
-            if "signal 15" not in str(e) or attempt == attempts - 1:
-                raise
-            continue
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if "HVGUEST-READY" in (serial.read_text(errors="replace")
-                                   if serial.exists() else ""):
-                return
-            try:
-                alive = conn.lookupByUUIDString(vm_id).isActive()
-            except libvirt.libvirtError:
-                alive = False
-            if not alive:
-                break
-            time.sleep(0.05)
-        else:
-            wait_marker(serial, 0)  # fails with the console's tail
-    raise AssertionError(f"the tiny guest was destroyed while booting, {attempts} times")
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +91,7 @@ def bridge() -> Iterator[str]:
     made = subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], capture_output=True,
                           text=True, check=False)
     if made.returncode != 0:
-        _unavailable(f"cannot make bridge {BRIDGE}: {made.stderr}")
+        unavailable(f"cannot make bridge {BRIDGE}: {made.stderr}")
     subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
     yield BRIDGE
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
