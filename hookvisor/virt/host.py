@@ -105,7 +105,8 @@ def _ensure_event_loop() -> None:
         _loop_started = True
 
 
-def _kvm_usable() -> bool:
+def kvm_usable() -> bool:
+    """Whether /dev/kvm can be opened (exists is not enough: it may be denied)."""
     try:
         fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
     except OSError:
@@ -120,7 +121,7 @@ def choose_domain_type(driver: str, setting: str) -> str:
         return "test"
     if setting != "auto":
         return setting
-    return "kvm" if _kvm_usable() else "qemu"
+    return "kvm" if kvm_usable() else "qemu"
 
 
 # Error codes a dead connection raises; they also mean other things, so a call
