@@ -373,12 +373,26 @@ def tiny_guest() -> TinyGuest:
         unavailable(str(e))
 
 
-@pytest.fixture(scope="session")
-def _libvirt_host2_uri() -> str:
+def second_host_running(directory: Path | None = None) -> bool:
     try:
-        return start_second_host()
+        _libvirtd2("status", directory, None)
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def _libvirt_host2_uri() -> Iterator[str]:
+    """Started for the session if it is not running, and then stopped at its end: a
+    test run leaves no daemon behind (one an operator started is left alone)."""
+    ours = not second_host_running()
+    try:
+        uri = start_second_host()
     except RuntimeError as e:
         unavailable(str(e))
+    yield uri
+    if ours:
+        stop_second_host()
 
 
 @pytest.fixture
