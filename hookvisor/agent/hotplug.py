@@ -30,7 +30,6 @@ from hookvisor.agent.hookcalls import Family, family
 from hookvisor.agent.lifecycle import client_policy, metadata_of
 from hookvisor.agent.params import _bool, _disk, _nic, _Problems, _props
 from hookvisor.agent.policy import check_device
-from hookvisor.agent.storage import allowed_path
 from hookvisor.agent.vm import HOTPLUGGING, PAUSED, UP, UPDATING, Vm
 from hookvisor.errors import Code, VdsmError
 from hookvisor.props.errors import PropertyError
@@ -164,7 +163,7 @@ def _from_xml(ctx: Context | None, text: Any, tag: str, code: Code) -> ET.Elemen
 
 def _trusted(elem: ET.Element, code: Code) -> None:
     """What a hot-plug refuses beyond the client policy: no program to run
-    (<script>), disks only as files (checked against storage_dirs by the caller)
+    (<script>), disks only as files (held to storage_dirs by the client policy)
     or CD-ROMs without media: the policy does not look into network disks.
     """
     if elem.find(".//script") is not None:
@@ -211,10 +210,6 @@ def _new_disk(ctx: Context, params: dict[str, Any], live: str,
     if params.get("xml") is not None:
         elem = _from_xml(ctx, params["xml"], "disk", code)
         custom = _props(params.get("custom"), "custom", problems)
-        source = elem.find("source")
-        path = source.get("file") if source is not None else None
-        if path is not None:
-            allowed_path(path, "xml <source file>", ctx.settings.storage_dirs, code)
         target_elem = elem.find("target")
         if target_elem is None or not target_elem.get("dev"):
             raise VdsmError(code, "xml: the disk has no <target dev=…>")
@@ -226,8 +221,6 @@ def _new_disk(ctx: Context, params: dict[str, Any], live: str,
             raise VdsmError(code, f"drive: expected a device struct (or xml), got {dev!r}")
         spec, shown = _disk(dev, "drive", problems, client_policy(ctx))
         problems.check(code, "hotplugDisk")
-        if spec.path:
-            allowed_path(spec.path, "drive.path", ctx.settings.storage_dirs, code)
         custom = spec.custom
         name = dev.get("name")
         target = name if isinstance(name, str) and name else dx.free_disk_target(

@@ -149,7 +149,7 @@ def _disk(dev: dict[str, Any], where: str, problems: _Problems,
         problems.add(f"{where}.path", f"expected an absolute file path, got {show(path)}")
         path = None
     elif path is not None:
-        problem = path_problem(path, policy.storage_roots(), policy.storage_dirs)
+        problem = path_problem(path, policy.storage_roots(), policy.storage_dirs, file=True)
         if problem:
             problems.add(f"{where}.path", problem)
             path = None

@@ -87,8 +87,13 @@ def inside(path: str, roots: Iterable[str]) -> bool:
     return any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots)
 
 
-def path_problem(value: object, roots: tuple[str, ...], dirs: tuple[Path, ...]) -> str | None:
-    """Why `value` may not be named by a client, or None if it may."""
+def path_problem(value: object, roots: tuple[str, ...], dirs: tuple[Path, ...], *,
+                 file: bool = False) -> str | None:
+    """Why `value` may not be named by a client, or None if it may.
+
+    `file`: `value` names a file (a disk image), so a storage directory itself
+    is refused too; a directory shared with the guest may be a whole one.
+    """
     if not isinstance(value, str) or not value.startswith("/"):
         return f"expected an absolute path, got {_show(str(value))}"
     if "\0" in value:
@@ -96,6 +101,8 @@ def path_problem(value: object, roots: tuple[str, ...], dirs: tuple[Path, ...]) 
     if not inside(value, roots):
         allowed = ", ".join(str(d) for d in dirs) or "none"
         return f"{_show(value)} is outside storage_dirs ({allowed})"
+    if file and os.path.realpath(value) in roots:
+        return f"{_show(value)} is a storage_dirs directory itself, not a file in it"
     return None
 
 
@@ -108,8 +115,8 @@ class _Walk:
     def add(self, where: str, what: str) -> None:
         self.problems.append(f"{where}: {what}")
 
-    def path(self, where: str, value: str | None) -> None:
-        problem = path_problem(value, self.roots, self.policy.storage_dirs)
+    def path(self, where: str, value: str | None, file: bool = False) -> None:
+        problem = path_problem(value, self.roots, self.policy.storage_dirs, file=file)
         if problem:
             self.add(where, problem)
 
@@ -172,7 +179,7 @@ def _check(elem: ET.Element, parents: list[str], walk: _Walk) -> None:
         value = elem.get(attr)
         if not value:
             continue  # an empty source (a CD-ROM with no medium) opens nothing
-        walk.path(_named(chain, attr, value), value)
+        walk.path(_named(chain, attr, value), value, file=attr == "file")
     _dev_attr(elem, local, chain, walk)
     parent = parents[-1]
     if (parent, local) in _PATH_TEXTS or (None, local) in _PATH_TEXTS:

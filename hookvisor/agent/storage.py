@@ -2,7 +2,7 @@
 
 The rule is the client policy's (agent/policy.py `inside`): absolute and, with
 symlinks and `..` resolved, inside one of the allowed directories. This is its
-form for single paths of the live operations (hibernation images, hot-plugged disks).
+form for single paths of the live operations (hibernation images, a hook's prepared disk).
 """
 
 from __future__ import annotations

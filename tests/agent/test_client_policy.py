@@ -180,6 +180,21 @@ def test_a_symlink_out_of_storage_is_followed_and_refused(images: Path,
         assert "outside storage_dirs" in message and path in message, message
 
 
+def test_a_storage_dir_itself_is_no_file_but_may_be_shared(images: Path,
+                                                           policy: ClientPolicy) -> None:
+    message = refused(domain(f"<disk type='file'><source file='{images}/.'/></disk>"), policy)
+    assert f"<source file='{images}/.'>: " in message, message
+    assert "storage_dirs directory itself" in message, message
+    with pytest.raises(VdsmError) as err:
+        parse_create({"vmId": str(uuid.uuid4()), "vmName": "hvtest-d", "memSize": 64,
+                      "devices": [{"type": "disk", "path": str(images)}]}, policy)
+    assert "devices[0].path: " in err.value.message, err.value.message
+    assert "storage_dirs directory itself" in err.value.message, err.value.message
+    shared = (f"<filesystem type='mount'><source dir='{images}'/>"
+              "<target dir='share'/></filesystem>")
+    assert parse_create({"xml": domain(shared)}, policy).xml is not None
+
+
 def test_a_relative_or_nul_path_is_refused(policy: ClientPolicy) -> None:
     assert "absolute path" in refused(domain(
         "<disk type='file'><source file='etc/shadow'/></disk>"), policy)

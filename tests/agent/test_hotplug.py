@@ -116,6 +116,21 @@ def test_disk_failures(agent: Any, vm: str, dirs: Any, images: Path, tmp_path: P
     assert events(dirs) == []
 
 
+def test_a_storage_dir_itself_is_no_disk(agent: Any, vm: str, dirs: Any, images: Path) -> None:
+    (images / "sub").mkdir()
+    for path in (str(images), f"{images}/", f"{images}/sub/.."):
+        reply = agent.api.hotplugDisk({"vmId": vm, "drive": {"path": path}})
+        message = reply["status"]["message"]
+        assert code(reply) == 45 and "storage_dirs directory itself" in message, reply
+        assert "drive.path" in message, message
+        reply = agent.api.hotplugDisk({"vmId": vm, "xml": f"<disk><source file='{path}'/>"
+                                       "<target dev='vdz'/></disk>"})
+        message = reply["status"]["message"]
+        assert code(reply) == 45 and "storage_dirs directory itself" in message, reply
+        assert "<source file=" in message, message
+    assert events(dirs) == []
+
+
 
 def test_a_refused_disk_detach_runs_after_fail(agent: Any, dirs: Any, images: Path) -> None:
     disk = images / "boot.raw"
