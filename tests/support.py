@@ -22,6 +22,11 @@ HOOK_PYTHON = "/usr/bin/python3" if os.geteuid() == 0 and os.path.exists(
     "/usr/bin/python3") else sys.executable
 
 
+def code(reply: dict[str, Any]) -> int:
+    """A verb reply's status code."""
+    return int(reply["status"]["code"])
+
+
 def live_xml(vm_id: str, uri: str = TEST_URI) -> str:
     """The domain's XML as libvirt has it now."""
     conn = libvirt.open(uri)

@@ -14,16 +14,12 @@ from typing import Any
 
 import libvirt
 import pytest
-from support import deny_hook_listing, domain_exists, live_xml, wait_for
+from support import code, deny_hook_listing, domain_exists, live_xml, wait_for
 
 from hookvisor.virt import domain_xml as dx
 
 TEST_URI = "test:///default"
 MAC0, MAC1 = "52:54:00:00:00:a0", "52:54:00:00:00:a1"
-
-
-def code(reply: dict[str, Any]) -> int:
-    return int(reply["status"]["code"])
 
 
 def params(name: str, custom: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:

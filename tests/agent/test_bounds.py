@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import code
 
 from hookvisor.agent.core import reply_size
 from hookvisor.agent.params import MAX_DEVICES, MAX_PROP_VALUE, MAX_PROPS
@@ -28,10 +29,6 @@ from hookvisor.hooks.records import RunRecord, RunRecords
 
 TEST_HOST_MEMORY_MIB = 3072  # test:///default's node info
 TEST_MAX_VCPUS = 32
-
-
-def code(reply: dict[str, Any]) -> int:
-    return int(reply["status"]["code"])
 
 
 def message(reply: dict[str, Any]) -> str:

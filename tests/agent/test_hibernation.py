@@ -15,16 +15,12 @@ from typing import Any
 
 import libvirt
 import pytest
-from support import domain_exists, live_xml
+from support import code, domain_exists, live_xml
 
 from hookvisor import config
 from hookvisor.virt import domain_xml as dx
 
 MAC = "52:54:00:00:0b:01"
-
-
-def code(reply: dict[str, Any]) -> int:
-    return int(reply["status"]["code"])
 
 
 def recorder(dirs: Any, event: str, rc: int = 0) -> None:

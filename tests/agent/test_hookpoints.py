@@ -14,15 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import HOOK_PYTHON, live_xml
+from support import HOOK_PYTHON, code, live_xml
 
 NEW = ("before_memory_hotplug", "after_memory_hotplug", "before_set_num_of_cpus",
        "after_set_num_of_cpus", "before_vm_set_ticket", "after_vm_set_ticket",
        "after_disk_prepare", "after_hostdev_list_by_caps")
-
-
-def code(reply: dict[str, Any]) -> int:
-    return int(reply["status"]["code"])
 
 
 def vm_params(name: str, images: Path | None = None, **extra: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import libvirt
 import pytest
 from guest import GUEST_DIR, TinyGuest, boot, booted
-from support import HOOK_PYTHON
+from support import HOOK_PYTHON, code
 
 from hookvisor.virt import domain_xml as dx
 
@@ -33,10 +33,6 @@ PASSWORD = "Tk9pw4x2"  # VNC: at most 8 characters
 EVENTS = ("before_memory_hotplug", "after_memory_hotplug", "before_set_num_of_cpus",
           "after_set_num_of_cpus", "before_vm_set_ticket", "after_vm_set_ticket",
           "after_disk_prepare", "before_disk_hotplug")
-
-
-def code(reply: dict[str, Any]) -> int:
-    return int(reply["status"]["code"])
 
 
 def ready_xml(tiny_guest: TinyGuest, name: str, serial: Path, vm_id: str) -> str:

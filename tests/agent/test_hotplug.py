@@ -15,15 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import live_xml
+from support import code, live_xml
 
 from hookvisor import config
 
 MAC0, MAC1 = "52:54:00:00:0c:00", "52:54:00:00:0c:01"
-
-
-def code(reply: dict[str, Any]) -> int:
-    return int(reply["status"]["code"])
 
 
 def events(dirs: Any) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any
 import libvirt
 import pytest
 from guest import GUEST_DIR, TinyGuest, boot, booted
-from support import unavailable
+from support import code, unavailable
 
 from hookvisor.virt import domain_xml as dx
 
@@ -41,10 +41,6 @@ EVENTS = ("before_nic_hotplug", "after_nic_hotplug", "after_nic_hotplug_fail",
           "before_update_device", "after_update_device", "after_update_device_fail",
           "before_vm_hibernate", "after_vm_hibernate", "before_vm_dehibernate",
           "after_vm_dehibernate")
-
-
-def code(reply: dict[str, Any]) -> int:
-    return int(reply["status"]["code"])
 
 
 @dataclass

@@ -10,15 +10,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from support import domain_exists, wait_for
+from support import code, domain_exists, wait_for
 
 from hookvisor.virt import domain_xml as dx
 
 MAC = "52:54:00:00:0e:01"
-
-
-def code(reply: dict[str, Any]) -> int:
-    return int(reply["status"]["code"])
 
 
 def src_xml(vm_id: str, extra: str = "", vm_props: dict[str, str] | None = None,

@@ -15,15 +15,11 @@ from typing import Any
 
 import libvirt
 import pytest
-from support import wait_for
+from support import code, wait_for
 
 from hookvisor.virt import domain_xml as dx
 
 pytestmark = pytest.mark.libvirtd
-
-
-def code(reply: dict[str, Any]) -> int:
-    return int(reply["status"]["code"])
 
 
 def params(name: str, custom: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:

@@ -16,16 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import wait_for
+from support import code, wait_for
 
 pytestmark = pytest.mark.libvirtd
 
 REPO = Path(__file__).resolve().parents[2]
 LIBVIRTD_SH = REPO / "scripts" / "libvirtd.sh"
-
-
-def code(reply: dict[str, Any]) -> int:
-    return int(reply["status"]["code"])
 
 
 def params(name: str) -> dict[str, Any]:

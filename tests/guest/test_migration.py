@@ -30,6 +30,7 @@ import libvirt
 import pytest
 from guest import TinyGuest, diskless_xml, kvm_usable, wait_marker
 from labpki import lab_pki
+from support import code
 
 from hookvisor.virt import domain_xml as dx
 
@@ -65,10 +66,6 @@ EVENTS = ("before_device_migrate_source", "before_vm_migrate_source",
           "after_vm_migrate_destination", "after_device_migrate_destination")
 VM_PROPS = "tag=^[a-z]+$;cantmigrate=^(true|false)$"
 DEVICE_PROPS = "{type=interface;prop={speed=^[0-9]+$}}"
-
-
-def code(reply: dict[str, Any]) -> int:
-    return int(reply["status"]["code"])
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, step: float = 0.1) -> Any:
