@@ -228,18 +228,27 @@ def test_extnet_absent_skipped(runner: HookRunner) -> None:
 # --- the definitions of examples/properties.sh -----------------------------
 
 def test_properties_script_defines_what_the_hooks_read(tmp_path: Path) -> None:
-    hookvisor = Path(sys.executable).parent / "hookvisor"
-    if not hookvisor.exists():
-        pytest.skip("no hookvisor console script beside the interpreter")
+    # This checkout's CLI, whatever `hookvisor` is installed (or not) beside the
+    # interpreter: the script runs with the code it ships with.
+    hookvisor = tmp_path / "hookvisor"
+    hookvisor.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m hookvisor "$@"\n')
+    hookvisor.chmod(0o755)
+    state = tmp_path / "state"
     env = {**os.environ, "HOOKVISOR": str(hookvisor), "HOOKVISOR_CONFIG": "/dev/null",
-           "HOOKVISOR_STATE_DIR": str(tmp_path)}
+           "HOOKVISOR_STATE_DIR": str(state)}
+    own = subprocess.run([str(hookvisor), "config", "--cver=4.8", "-s",
+                          "UserDefinedVMProperties=mine=^[a-z]+$;pincpu=^0$"],
+                         env=env, capture_output=True, text=True)
+    assert own.returncode == 0, own.stderr
     p = subprocess.run([str(EXAMPLES / "properties.sh"), "4.8"], env=env,
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    assert "UserDefinedVMProperties: numa=" in p.stdout
-    reg = PropertyRegistry(tmp_path / "properties.sqlite", "4.8")
-    reg.check(vm={"numa": "strict:0-1", "pincpu": "1-4,^3,6", "cantmigrate": "true"},
+    assert "UserDefinedVMProperties: mine=" in p.stdout and ";numa=" in p.stdout, p.stdout
+    reg = PropertyRegistry(state / "properties.sqlite", "4.8")
+    reg.check(vm={"numa": "strict:0-1", "pincpu": "1-4,^3,6", "cantmigrate": "true",
+                  "mine": "kept"},
               devices=[("interface", {"extnet": "glitter"})])
-    assert set(reg.definitions()["vm"]) == {"numa", "pincpu", "cantmigrate"}
+    # A definition of the operator's own is kept; one of the same name replaced.
+    assert set(reg.definitions()["vm"]) == {"mine", "numa", "pincpu", "cantmigrate"}
     assert reg.get(DEVICE_KEY) and reg.get(VM_KEY)
     reg.close()

@@ -23,8 +23,10 @@ MAC = "52:54:00:00:00:e1"
 
 
 def test_properties_script_matches_these_definitions() -> None:
+    # What the script defines is checked by running it (tests/examples/test_example_hooks.py).
     text = (REPO / "examples" / "properties.sh").read_text()
-    assert f"'UserDefinedVMProperties={VM_PROPS}'" in text
+    for prop in VM_PROPS.split(";"):
+        assert f"'UserDefinedVMProperties={prop}'" in text, prop
     assert f"'CustomDeviceProperties={DEVICE_PROPS}'" in text
 
 
