@@ -5,7 +5,7 @@
                         [--prop NAME=VALUE]... [--device-prop NAME=VALUE]...
                         [--extra NAME=VALUE]... [--vm-id UUID] [--timeout S]
                         [--output FILE] [--no-record]
-    hookvisor hooks history [--vm ID] [--event E] [--failed] [--limit N] [--json] [-v]
+    hookvisor hooks history [--vm VM] [--event E] [--failed] [--limit N] [--json] [-v]
 
 `run` exits 0 if the chain passed, 1 if the event would be vetoed (for an event
 that cannot veto: if a script failed), 2 for usage errors. Tables and coloured

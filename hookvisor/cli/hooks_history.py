@@ -1,6 +1,6 @@
 """`hookvisor hooks history` and `hookvisor hooks replay`.
 
-    hookvisor hooks history [--vm ID] [--event E] [--chain ID] [--failed]
+    hookvisor hooks history [--vm VM] [--event E] [--chain ID] [--failed]
                             [--since T] [--until T] [--origin agent|offline|all]
                             [--limit N] [--json] [-v] [--local] [--agent HOST:PORT]
     hookvisor hooks replay RUN [--hooks-dir DIR] [--prop NAME=VALUE]... [--output FILE]
@@ -27,7 +27,7 @@ from typing import Any
 
 from hookvisor.cli.common import UsageError, add_global_options, settings_from_args
 from hookvisor.cli.output import OUTCOME_STYLE, Out
-from hookvisor.cli.vm_cmd import _guard
+from hookvisor.cli.vm_cmd import _guard, is_vm_id, vm_named
 from hookvisor.config import Settings
 from hookvisor.hooks.catalogue import get_event
 from hookvisor.hooks.records import (
@@ -50,7 +50,8 @@ def register(sub: Any, add_client_options: Callable[[argparse.ArgumentParser], N
         "history", help="the records of past hook runs, newest first",
         description="Asks the running agent when one is reachable, else reads the state "
         "dir's records (stderr says which). Offline runs (`hooks run`) are shown too, marked.")
-    hist.add_argument("--vm", metavar="ID", help="only runs for this vmId")
+    hist.add_argument("--vm", metavar="VM", help="only runs for this VM: its vmId, or the name "
+                      "of one of the running agent's VMs")
     hist.add_argument("--event", metavar="E", help="only runs of this event")
     hist.add_argument("--chain", metavar="ID",
                       help="only the runs of this chain (its first characters will do)")
@@ -139,6 +140,26 @@ def fallback(args: argparse.Namespace, error: AgentError) -> str:
     if args.agent or _client_settings(args).agent:
         raise error
     return f"the agent did not answer: {error}"
+
+
+def _vm_by_name(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(the vmId of the agent's VM named `--vm`, None), or (`--vm` as it is, why not).
+
+    The records keep vmIds only. One not of the agent's may be anything (`hooks run
+    --vm-id`), so a name the agent does not know is taken as such a vmId.
+    """
+    name = args.vm
+    client, why = agent_client(args)
+    if client is None:
+        return name, f"not a vmId, and no agent was asked for VM names ({why})"
+    try:
+        vms = client.call("list", True).get("vmList", [])
+    except AgentError as e:
+        return name, f"not a vmId, and VM names were not found: {fallback(args, e)}"
+    try:
+        return vm_named(vms, name), None
+    except AgentError:
+        return name, f"no VM of that name on the agent at {client.address}"
 
 
 def _from_agent(client: AgentClient, args: argparse.Namespace) -> Iterator[RunRecord]:
@@ -251,7 +272,14 @@ def cmd_history(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
     if args.chain:
         args.chain = args.chain.lower()  # chain ids are lower-case hex
+    unknown = None
+    if args.vm and not is_vm_id(args.vm):
+        args.vm, unknown = _vm_by_name(args)
     runs, source = collect(args)
+    if unknown and not runs:
+        # A VM that is gone is known by its vmId only: its name says nothing now.
+        raise AgentError(f"--vm {args.vm!r}: {unknown}, and no runs have it as their vmId "
+                         f"(in {source})")
     if args.json:
         json.dump([r.to_dict() for r in runs], sys.stdout, indent=2)
         print()

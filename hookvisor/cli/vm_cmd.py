@@ -26,7 +26,8 @@ from hookvisor.cli.common import (
 from hookvisor.cli.output import Out, spinner
 from hookvisor.rpc.client import AgentClient, AgentError, address_for
 
-__all__ = ["AgentError", "add_client_options", "call", "register"]
+__all__ = ["AgentError", "add_client_options", "call", "is_vm_id", "register", "resolve_vm",
+           "vm_named"]
 
 # NIC option keys that are creation params; any other key is a custom property.
 _NIC_PARAMS = {"mac": "macAddr", "model": "nicModel", "link": "linkActive"}
@@ -66,14 +67,21 @@ _UUID_LEN = 36
 
 def resolve_vm(args: argparse.Namespace, ref: str) -> str:
     """A vmId for `ref`: a UUID as is, else the one VM of that name."""
+    if is_vm_id(ref):
+        return str(uuid.UUID(ref))
+    return vm_named(_client(args).call("list", True).get("vmList", []), ref)
+
+
+def is_vm_id(ref: str) -> bool:
+    """Whether `ref` is a vmId (a UUID written out whole) rather than a VM name."""
     try:
-        return str(uuid.UUID(ref)) if len(ref) == _UUID_LEN else _by_name(args, ref)
+        return len(ref) == _UUID_LEN and bool(uuid.UUID(ref))
     except ValueError:
-        return _by_name(args, ref)
+        return False
 
 
-def _by_name(args: argparse.Namespace, name: str) -> str:
-    vms: list[dict[str, Any]] = _client(args).call("list", True).get("vmList", [])
+def vm_named(vms: list[dict[str, Any]], name: str) -> str:
+    """The vmId of the one VM called `name` in `vms` (a full `list` reply's vmList)."""
     ids = [str(v.get("vmId")) for v in vms if v.get("vmName") == name]
     if len(ids) == 1:
         return ids[0]

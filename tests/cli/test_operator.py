@@ -172,6 +172,25 @@ def test_piped_output_whole_one_record_per_line(op: Env) -> None:
     assert "\x1b[" not in hist
 
 
+def test_history_of_a_vm_by_name(op: Env) -> None:
+    vm_id = _vm_id(op, "hvtest-op1")
+    by_id = json.loads(_ok(op.hv("hooks", "history", "--vm", vm_id, "--json")))
+    assert by_id and {r["vm_id"] for r in by_id} == {vm_id}
+    by_name = json.loads(_ok(op.hv("hooks", "history", "--vm", "hvtest-op1", "--json")))
+    assert by_name == by_id
+    # A name the agent does not know may still be a vmId of offline runs (any text):
+    # an error only when no run has it.
+    unknown = op.hv("hooks", "history", "--vm", "hvtest-nosuch")
+    assert unknown.returncode == 1 and len(unknown.stderr.splitlines()) == 1, unknown.stderr
+    assert "--vm 'hvtest-nosuch': no VM of that name on the agent at" in unknown.stderr
+    assert "no runs have it as their vmId" in unknown.stderr
+    local = op.hv("hooks", "history", "--vm", "hvtest-op1", "--local")
+    assert local.returncode == 1 and "no agent was asked for VM names (--local)" in local.stderr
+    nowhere = op.hv("hooks", "history", "--vm", "hvtest-op1", "--socket", "/nonexistent")
+    assert nowhere.returncode == 1 and "no agent listening on /nonexistent" in nowhere.stderr
+    assert "Traceback" not in unknown.stderr + local.stderr + nowhere.stderr
+
+
 def test_terminal_of_80_columns(op: Env) -> None:
     shown = ANSI.sub("", op.tty("vm", "list"))
     vm_id = _vm_id(op, "hvtest-op1")

@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from hookvisor.cli.common import UsageError
+from hookvisor.cli.vm_cmd import AgentError, is_vm_id, vm_named
+
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
@@ -106,3 +109,17 @@ def test_a_closed_pipe_is_a_quiet_exit_not_an_error() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_a_vm_name_resolves_to_its_one_vm_id() -> None:
+    vms = [{"vmId": "id-a", "vmName": "a"}, {"vmId": "id-b1", "vmName": "b"},
+           {"vmId": "id-b2", "vmName": "b"}]
+    assert vm_named(vms, "a") == "id-a"
+    with pytest.raises(UsageError, match=r"2 VMs are named 'b': give a vmId \(id-b1, id-b2\)"):
+        vm_named(vms, "b")
+    with pytest.raises(AgentError, match="no VM named 'c'") as err:
+        vm_named(vms, "c")
+    assert err.value.code == 1
+    assert is_vm_id("6F1C7F7E-6A55-4D8A-9A8E-1F0C1B2D3E4F")
+    assert not is_vm_id("6f1c7f7e6a554d8a9a8e1f0c1b2d3e4f")  # a name, however odd
+    assert not is_vm_id("hvtest-vm")
