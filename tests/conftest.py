@@ -1,7 +1,9 @@
 """Shared fixtures: an agent served in a subprocess or in-process, and qemu:///system.
 
 Every domain a test creates is named `hvtest-...`; whatever such domain is left
-after a test is destroyed, and the test that left it fails.
+after a test is destroyed, and the test that left it fails. On a libvirtd other
+test sessions share (qemu:///system), names start with this session's own
+prefix (support.SESSION_PREFIX, `hvtest-<random>-`) and the guard destroys only those.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import labpki
 import pytest
 from labpki import lab_pki
-from support import HOOK_PYTHON, TEST_URI, assert_no_leftovers, unavailable
+from support import HOOK_PYTHON, SESSION_PREFIX, TEST_URI, assert_no_leftovers, unavailable
 
 # The tiny bootable guest of SPEC §5 (fixture `tiny_guest`): tests/guest.py.
 pytest_plugins = ["guest"]
@@ -285,10 +287,10 @@ def qemu_reachable() -> str:
 
 @pytest.fixture
 def qemu_system(qemu_reachable: str) -> Iterator[str]:
-    """qemu:///system, or skip (fail under CI=true); fails the test that leaves an
-    `hvtest-` domain behind (and destroys it)."""
+    """qemu:///system, or skip (fail under CI=true); fails the test that leaves a
+    domain of this session (SESSION_PREFIX) behind, and destroys it."""
     yield QEMU_URI
-    assert_no_leftovers(QEMU_URI)
+    assert_no_leftovers(QEMU_URI, SESSION_PREFIX)
 
 
 @pytest.fixture

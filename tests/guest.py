@@ -13,7 +13,8 @@ Fixtures (registered by `pytest_plugins` in tests/conftest.py); each skips when
 what it needs is missing, and FAILS instead under CI=true:
   tiny_guest      the built kernel/initrd (session)
   libvirt_host2   the second host's URI, qemu+tcp://127.0.0.1:PORT/system; after
-                  the test, `hvtest-` domains left on it are destroyed and the test fails
+                  the test, this session's domains (SESSION_PREFIX) left on it are
+                  destroyed and the test fails
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 import pytest
-from support import assert_no_leftovers, unavailable
+from support import SESSION_PREFIX, assert_no_leftovers, unavailable
 
 # The agent's own check (choose_domain_type), re-exported for the tests that need KVM.
 from hookvisor.virt.host import kvm_usable as kvm_usable
@@ -397,6 +398,7 @@ def _libvirt_host2_uri() -> Iterator[str]:
 
 @pytest.fixture
 def libvirt_host2(_libvirt_host2_uri: str) -> Iterator[str]:
-    """The second libvirt host's URI; fails the test that leaves an `hvtest-` domain there."""
+    """The second libvirt host's URI; fails the test that leaves a domain of this session
+    (SESSION_PREFIX) there."""
     yield _libvirt_host2_uri
-    assert_no_leftovers(_libvirt_host2_uri)
+    assert_no_leftovers(_libvirt_host2_uri, SESSION_PREFIX)

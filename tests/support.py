@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sys
 import time
 from typing import Any, NoReturn
@@ -14,6 +15,12 @@ import pytest
 TEST_URI = "test:///default"
 # Every domain a test creates is named so; the leak guards destroy what is left.
 PREFIX = "hvtest-"
+# This session's own prefix, for domains on a libvirtd other test sessions share
+# (qemu:///system, the daemon's test driver): each session's leak guard destroys
+# its own domains only. Through the environment, the processes a test starts
+# (and a session they start) name theirs alike.
+SESSION_PREFIX = os.environ.setdefault("HVTEST_SESSION_PREFIX",
+                                       f"{PREFIX}{secrets.token_hex(3)}-")
 
 # Hooks run as the hook user when the tests run as root: the interpreter of a
 # Python hook must be one that user can execute (the venv's may live under
@@ -115,7 +122,7 @@ def destroy_leftovers(uri: str, prefix: str = PREFIX) -> list[str]:
         conn.close()
 
 
-def assert_no_leftovers(uri: str) -> None:
-    """The leak guard after a test: `hvtest-` domains left on `uri` are destroyed, and fail it."""
-    leaked = destroy_leftovers(uri)
+def assert_no_leftovers(uri: str, prefix: str = PREFIX) -> None:
+    """The leak guard after a test: `prefix` domains left on `uri` are destroyed, and fail it."""
+    leaked = destroy_leftovers(uri, prefix)
     assert not leaked, f"test left domains behind on {uri}: {leaked}"

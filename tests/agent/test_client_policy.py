@@ -8,7 +8,7 @@ from typing import Any
 
 import libvirt
 import pytest
-from support import domain_exists
+from support import SESSION_PREFIX, domain_exists
 
 from hookvisor.agent.params import parse_create
 from hookvisor.agent.policy import QEMU_NS, ClientPolicy
@@ -358,7 +358,7 @@ def test_qemu_refused_xml_never_reaches_libvirt(qemu_system: str, dirs: Any,
     agent = serve_process(qemu_system, extra=["--config", str(cfg)])
     vm_id = str(uuid.uuid4())
     out = dirs.root / "leak.log"  # QEMU would create it when it opens the serial log
-    xml = (f"<domain type='qemu' xmlns:qemu='{QEMU_NS}'><name>hvtest-refused</name>"
+    xml = (f"<domain type='qemu' xmlns:qemu='{QEMU_NS}'><name>{SESSION_PREFIX}refused</name>"
            f"<uuid>{vm_id}</uuid><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
            "<os><type arch='x86_64'>hvm</type></os><devices>"
            f"<serial type='file'><source path='{out}'/></serial></devices>"
@@ -371,12 +371,12 @@ def test_qemu_refused_xml_never_reaches_libvirt(qemu_system: str, dirs: Any,
     try:
         with pytest.raises(libvirt.libvirtError):
             conn.lookupByUUIDString(vm_id)
-        assert "hvtest-refused" not in [d.name() for d in conn.listAllDomains()]
+        assert f"{SESSION_PREFIX}refused" not in [d.name() for d in conn.listAllDomains()]
     finally:
         conn.close()
     assert not out.exists()
     # The hook's <qemu:commandline> does reach QEMU (VDSM's qemucmdline hook).
-    p = {"vmId": vm_id, "vmName": f"hvtest-hookqemu-{vm_id[:6]}", "memSize": 64, "smp": 1}
+    p = {"vmId": vm_id, "vmName": f"{SESSION_PREFIX}hookqemu-{vm_id[:6]}", "memSize": 64, "smp": 1}
     reply = agent.api.create(p)
     assert reply["status"]["code"] == 0, reply
     try:

@@ -22,7 +22,7 @@ from typing import Any
 import libvirt
 import pytest
 from guest import GUEST_DIR, TinyGuest, boot, booted
-from support import HOOK_PYTHON, code
+from support import HOOK_PYTHON, SESSION_PREFIX, code
 
 from hookvisor.virt import domain_xml as dx
 
@@ -58,7 +58,7 @@ def _guest(tiny_guest: TinyGuest, tmp_path_factory: pytest.TempPathFactory
     root = tmp_path_factory.mktemp("hookpoints")
     vm_id = str(uuid.uuid4())
     serial = root / "serial.log"
-    xml = ready_xml(tiny_guest, f"hvtest-hp-{vm_id[:6]}", serial, vm_id)
+    xml = ready_xml(tiny_guest, f"{SESSION_PREFIX}hp-{vm_id[:6]}", serial, vm_id)
     with booted(QEMU_URI, xml, vm_id, serial) as conn:
         yield vm_id, serial, conn, xml
 

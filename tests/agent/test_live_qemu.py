@@ -25,7 +25,7 @@ from typing import Any
 import libvirt
 import pytest
 from guest import GUEST_DIR, TinyGuest, boot, booted
-from support import code, unavailable
+from support import SESSION_PREFIX, code, unavailable
 
 from hookvisor.virt import domain_xml as dx
 
@@ -59,7 +59,7 @@ def _guest(tiny_guest: TinyGuest, tmp_path_factory: pytest.TempPathFactory
     images = root / "images"
     images.mkdir()
     vm_id = str(uuid.uuid4())
-    name = f"hvtest-live-{vm_id[:6]}"
+    name = f"{SESSION_PREFIX}live-{vm_id[:6]}"
     serial = root / "serial.log"
     xml = dx.set_metadata(tiny_guest.xml(name, serial, uuid=vm_id),
                           dx.Metadata({"tag": "blue"}, {}, {"vmId": vm_id, "vmName": name}))
@@ -350,7 +350,7 @@ def test_unplug_from_a_guest_that_never_booted(live_dirs: Any, guest: Guest, ser
     vm_id = str(uuid.uuid4())
     serial = guest.images / "frozen.log"
     # Started paused: its kernel never runs, so it never releases a device.
-    xml = tiny_guest.xml(f"hvtest-frozen-{vm_id[:6]}", serial, uuid=vm_id)
+    xml = tiny_guest.xml(f"{SESSION_PREFIX}frozen-{vm_id[:6]}", serial, uuid=vm_id)
     reply = agent.api.create({"xml": xml, "launchPaused": True, "custom": {"tag": "frozen"}})
     assert code(reply) == 0, reply
     try:
@@ -561,8 +561,8 @@ def test_destroy_cancels_a_hibernation(live_dirs: Any, guest: Guest, serve_proce
     agent = start_agent(serve_process, dirs, guest)
     vm_id = str(uuid.uuid4())
     # Large (never touched, so cheap to host) for a save long enough to cancel.
-    xml = tiny_guest.xml(f"hvtest-cancel-{vm_id[:6]}", guest.images / "cancel.log", uuid=vm_id,
-                         memory_mib=8192)
+    xml = tiny_guest.xml(f"{SESSION_PREFIX}cancel-{vm_id[:6]}", guest.images / "cancel.log",
+                         uuid=vm_id, memory_mib=8192)
     assert code(agent.api.create({"xml": xml, "launchPaused": True})) == 0
     image = guest.images / "cancelled.save"
     # The save starts once before_vm_hibernate is done: the hook says when.

@@ -15,7 +15,7 @@ from typing import Any
 
 import libvirt
 import pytest
-from support import code, wait_for
+from support import SESSION_PREFIX, code, wait_for
 
 from hookvisor.virt import domain_xml as dx
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.libvirtd
 
 
 def params(name: str, custom: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"vmId": str(uuid.uuid4()), "vmName": f"hvtest-{name}-{uuid.uuid4().hex[:6]}",
+    return {"vmId": str(uuid.uuid4()), "vmName": f"{SESSION_PREFIX}{name}-{uuid.uuid4().hex[:6]}",
             "memSize": 64, "smp": 1, "custom": custom or {}, **extra}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import code, wait_for
+from support import SESSION_PREFIX, code, wait_for
 
 pytestmark = pytest.mark.libvirtd
 
@@ -25,7 +25,7 @@ LIBVIRTD_SH = REPO / "scripts" / "libvirtd.sh"
 
 
 def params(name: str) -> dict[str, Any]:
-    return {"vmId": str(uuid.uuid4()), "vmName": f"hvtest-{name}-{uuid.uuid4().hex[:6]}",
+    return {"vmId": str(uuid.uuid4()), "vmName": f"{SESSION_PREFIX}{name}-{uuid.uuid4().hex[:6]}",
             "memSize": 64, "smp": 1}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import libvirt
 import pytest
-from support import wait_for
+from support import SESSION_PREFIX, wait_for
 
 from hookvisor.agent.core import Agent
 from hookvisor.agent.hookcalls import HookCalls
@@ -135,7 +135,7 @@ def cleanup(uri: str) -> None:
     conn = libvirt.open(uri)
     try:
         for dom in conn.listAllDomains():
-            if dom.name().startswith("hvtest-"):
+            if dom.name().startswith(SESSION_PREFIX):
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.destroy()
     finally:
@@ -175,7 +175,7 @@ def test_host_reconnects_and_keeps_its_event_callbacks(relay: Relay) -> None:
         assert host.connection().reconnects == 1
         assert changes == [False, True]
         # The lifecycle callback was registered again on the new connection.
-        xml = dx.build(VmSpec(vm_id, "hvtest-reconnect", 64, 1), host.domain_type)
+        xml = dx.build(VmSpec(vm_id, f"{SESSION_PREFIX}reconnect", 64, 1), host.domain_type)
         host.start(xml, paused=False, uuid=vm_id)
         host.destroy(vm_id)
         assert stopped.wait(10)
@@ -223,7 +223,7 @@ def agent_on(relay: Relay, dirs: Any) -> Any:
 
 
 def vm_params(name: str) -> dict[str, Any]:
-    return {"vmId": str(uuid.uuid4()), "vmName": f"hvtest-{name}-{uuid.uuid4().hex[:6]}",
+    return {"vmId": str(uuid.uuid4()), "vmName": f"{SESSION_PREFIX}{name}-{uuid.uuid4().hex[:6]}",
             "memSize": 64, "smp": 1}
 
 
@@ -246,7 +246,7 @@ def test_agent_gates_verbs_then_reconciles(agent_on: Agent, relay: Relay, dirs: 
         # Behind the agent's back: one VM dies, one is resumed, one of ours appears.
         direct.lookupByUUIDString(dies["vmId"]).destroy()
         direct.lookupByUUIDString(lives["vmId"]).resume()
-        orphan = Vm(str(uuid.uuid4()), "hvtest-orphan", {"memSize": 64}, {"tag": "x"}, {})
+        orphan = Vm(str(uuid.uuid4()), f"{SESSION_PREFIX}orphan", {"memSize": 64}, {"tag": "x"}, {})
         start_domain(direct, orphan.name, orphan)
         relay.listen()
         wait_for(lambda: _ready(agent))

@@ -30,7 +30,7 @@ import libvirt
 import pytest
 from guest import TinyGuest, diskless_xml, kvm_usable, wait_marker
 from labpki import lab_pki
-from support import code
+from support import SESSION_PREFIX, code
 
 from hookvisor.virt import domain_xml as dx
 
@@ -106,7 +106,7 @@ class Pair:
     def create(self, props: dict[str, str] | None = None) -> str:
         """The tiny guest on host 1 through the source agent, booted to its marker."""
         vm_id = str(uuid.uuid4())
-        name = f"hvtest-mig-{vm_id[:8]}"
+        name = f"{SESSION_PREFIX}mig-{vm_id[:8]}"
         serial = self.root / f"serial-{vm_id[:8]}.log"
         xml = dx.set_metadata(
             self.guest.xml(name, serial, uuid=vm_id, extra_devices=NIC),
@@ -411,7 +411,7 @@ def test_destination_checks_what_libvirt_delivered(pair: Pair, tmp_path: Path) -
     outside = Path(tempfile.mkdtemp(prefix="hvtest-outside-"))
     try:
         vm_id = str(uuid.uuid4())
-        name = f"hvtest-mig-{vm_id[:8]}"
+        name = f"{SESSION_PREFIX}mig-{vm_id[:8]}"
         described = pair.guest.xml(name, tmp_path / "serial.log", uuid=vm_id)
         sent = pair.guest.xml(name, outside / "serial.log", uuid=vm_id)
         reply = pair.dst.api.migrationCreate({"vmId": vm_id, "_srcDomXML": described})
@@ -444,8 +444,8 @@ def test_destination_checks_what_libvirt_delivered(pair: Pair, tmp_path: Path) -
 @pytest.mark.skipif(not kvm_usable(), reason="/dev/kvm not usable")
 def test_a_diskless_kvm_guest_migrates_through_the_agents(pair: Pair) -> None:
     vm_id = str(uuid.uuid4())
-    reply = pair.src.api.create({"vmId": vm_id, "custom": {"tag": "green"},
-                                 "xml": diskless_xml(f"hvtest-mig-kvm-{vm_id[:6]}", vm_id)})
+    xml = diskless_xml(f"{SESSION_PREFIX}mig-kvm-{vm_id[:6]}", vm_id)
+    reply = pair.src.api.create({"vmId": vm_id, "custom": {"tag": "green"}, "xml": xml})
     assert code(reply) == 0, reply
     assert code(pair.migrate(vm_id)) == 0
     done = pair.outcome(vm_id)

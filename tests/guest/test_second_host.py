@@ -26,6 +26,7 @@ from guest import (
     start_second_host,
     wait_marker,
 )
+from support import SESSION_PREFIX
 
 pytestmark = pytest.mark.libvirtd
 
@@ -65,7 +66,7 @@ def test_two_independent_hosts(qemu_system: str, libvirt_host2: str) -> None:
 
 def test_live_migration_to_second_host(qemu_system: str, libvirt_host2: str,
                                        tiny_guest: TinyGuest, tmp_path: Path) -> None:
-    name = "hvtest-migrate"
+    name = f"{SESSION_PREFIX}migrate"
     one = open_with_events(qemu_system)
     two = open_with_events(libvirt_host2)
     log = tmp_path / "serial.log"
@@ -92,7 +93,7 @@ def test_live_migration_to_second_host(qemu_system: str, libvirt_host2: str,
 
 @pytest.mark.skipif(not kvm_usable(), reason="/dev/kvm not usable")
 def test_live_migration_of_a_diskless_kvm_guest(qemu_system: str, libvirt_host2: str) -> None:
-    name = "hvtest-migrate-kvm"
+    name = f"{SESSION_PREFIX}migrate-kvm"
     one, two = libvirt.open(qemu_system), libvirt.open(libvirt_host2)
     try:
         with running_domain(one, diskless_xml(name, new_uuid())) as dom:

@@ -27,6 +27,7 @@ from guest import (
     running_domain,
     wait_marker,
 )
+from support import SESSION_PREFIX
 
 pytestmark = pytest.mark.libvirtd
 
@@ -49,7 +50,7 @@ def test_boot_hotplug_and_unplug(qemu_system: str, tiny_guest: TinyGuest, tmp_pa
     times: dict[str, float] = {}
     try:
         start = time.monotonic()
-        with running_domain(conn, tiny_guest.xml("hvtest-tiny", log)) as dom:
+        with running_domain(conn, tiny_guest.xml(f"{SESSION_PREFIX}tiny", log)) as dom:
             wait_marker(log, 120, dom=dom)
             times["boot"] = time.monotonic() - start
             removed = DeviceRemovedEvents(conn, dom)
@@ -97,7 +98,7 @@ def test_virtiofs_runs_host_python_with_vlan_bond_dummy(
                f"{shlex.quote(sys.executable)} -c {shlex.quote(script)}")
     try:
         start = time.monotonic()
-        with running_domain(conn, tiny_guest.xml("hvtest-tinyfs", log, virtiofs=True,
+        with running_domain(conn, tiny_guest.xml(f"{SESSION_PREFIX}tinyfs", log, virtiofs=True,
                                                  command=command)) as dom:
             ready = wait_marker(log, 120, dom=dom)
             wait_marker(log, 180, marker=EXIT, dom=dom)

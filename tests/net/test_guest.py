@@ -29,6 +29,7 @@ from guest import (
     running_domain,
     wait_marker,
 )
+from support import SESSION_PREFIX
 
 pytestmark = pytest.mark.libvirtd
 
@@ -38,7 +39,7 @@ def _run_in_guest(uri: str, guest: TinyGuest, command: str, log: Path) -> int | 
     conn = libvirt.open(uri)
     try:
         log.unlink(missing_ok=True)
-        name = f"hvtest-netguest-{time.monotonic_ns() % 10**8}"
+        name = f"{SESSION_PREFIX}netguest-{time.monotonic_ns() % 10**8}"
         with running_domain(conn, guest.xml(name, log, virtiofs=True, command=command)) as dom:
             try:
                 wait_marker(log, 600, marker=EXIT, dom=dom, step=0.2)

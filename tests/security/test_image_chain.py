@@ -19,6 +19,7 @@ from typing import Any
 
 import libvirt
 import pytest
+from support import SESSION_PREFIX
 
 from hookvisor.agent.params import parse_create
 from hookvisor.agent.policy import ClientPolicy
@@ -142,7 +143,7 @@ def test_served_qemu_agent_refuses_the_chain_and_libvirt_never_opens_it(
     cfg.write_text(f"storage_dirs = [{str(images)!r}]\n")
     agent = serve_process(qemu_system, extra=["--config", str(cfg)])
     vm_id = str(uuid.uuid4())
-    xml = (f"<domain type='qemu'><name>hvtest-backing</name><uuid>{vm_id}</uuid>"
+    xml = (f"<domain type='qemu'><name>{SESSION_PREFIX}backing</name><uuid>{vm_id}</uuid>"
            "<memory unit='MiB'>32</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type>"
            "</os><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
            f"<source file='{evil}'/><target dev='vda' bus='virtio'/></disk></devices></domain>")
@@ -151,6 +152,6 @@ def test_served_qemu_agent_refuses_the_chain_and_libvirt_never_opens_it(
     assert f"backing file '{secret}'" in reply["status"]["message"]
     conn = libvirt.open(qemu_system)
     try:
-        assert "hvtest-backing" not in [d.name() for d in conn.listAllDomains()]
+        assert f"{SESSION_PREFIX}backing" not in [d.name() for d in conn.listAllDomains()]
     finally:
         conn.close()
