@@ -291,6 +291,9 @@ class _Chain:
     groups: groups.ChainGroups
     cwd: str = ""
     umask: int | None = None  # read when a script first goes warm
+    # Per #! line: the zygote and argv[0] (None: cold). The chain's
+    # environment and user are fixed, so once per chain, not per script.
+    targets: dict[zygote.Shebang, tuple[zygote.Key, str] | None] = field(default_factory=dict)
 
 
 def _cwd() -> str:
@@ -392,8 +395,11 @@ class HookRunner:
         return value
 
     def _warm_key(self, script: Script, manifest: Manifest | None, user: HookUser | None,
-                  env: dict[str, str], cwd: str) -> tuple[zygote.Key, str, bytes] | None:
-        """The zygote that may run `script`, its argv[0] and #! line; None: run it cold."""
+                  env: dict[str, str], cwd: str,
+                  targets: dict[zygote.Shebang, tuple[zygote.Key, str] | None] | None = None,
+                  ) -> tuple[zygote.Key, str, bytes] | None:
+        """The zygote that may run `script`, its argv[0] and #! line; None: run it cold.
+        `targets`: what earlier scripts with the same environment found."""
         if not self.config.warm_hooks or not zygote.SUPPORTED:
             return None
         if manifest is not None and not manifest.warm:
@@ -401,19 +407,26 @@ class HookRunner:
         if user is None and identity.can_switch():
             return None  # a hook that runs as root (vdsm start/stop): never a root zygote
         shebang = self._shebang(script)
-        target = zygote.warm_target(shebang, env, user)
-        if target is None or shebang is None:
+        if shebang is None:
             return None
-        interpreter, argv0 = target
-        key = zygote.Key(interpreter, user.uid if user is not None else None,
-                         zygote.startup_env(env), cwd)
-        return key, argv0, shebang.line
+        if targets is not None and shebang in targets:
+            found = targets[shebang]
+        else:
+            target = zygote.warm_target(shebang, env, user)
+            found = None if target is None else (
+                zygote.Key(target[0], user.uid if user is not None else None,
+                           zygote.startup_env(env), cwd), target[1])
+            if targets is not None:
+                targets[shebang] = found
+        if found is None:
+            return None
+        return found[0], found[1], shebang.line
 
     def _spawn(self, script: Script, manifest: Manifest | None, chain: _Chain, out_w: int,
                err_w: int) -> int:
         """Start the script (warm if it may, else cold); its pid, our child, the
         leader of its own process group. OSError if it cannot be executed."""
-        warm = self._warm_key(script, manifest, chain.user, chain.env, chain.cwd)
+        warm = self._warm_key(script, manifest, chain.user, chain.env, chain.cwd, chain.targets)
         if warm is not None:
             key, argv0, line = warm
             if chain.umask is None:

@@ -9,6 +9,8 @@ script's path, argv[0] and environment with the hook's stdin/stdout/stderr
 (clone(CLONE_PARENT)), in its own process group, which runs the script as
 `python3 path` would. The runner then treats that pid exactly as one it
 spawned cold: same pidfd wait, timeout, group kill, reaping, records.
+The zygote clones the next hook's process ahead (a spare, warmed up while the
+current hook runs); the spares it announces and no hook took are reaped here.
 
 Which scripts go warm: a shebang naming the interpreter directly
 (`#!/usr/bin/python3`) or through env (`#!/usr/bin/env python3`, resolved on
@@ -48,6 +50,8 @@ SUPPORTED = platform.machine() in ("x86_64", "aarch64")
 START_TIMEOUT = 30.0
 # From a request to the child's "ready": a clone and a few system calls.
 REPLY_TIMEOUT = 10.0
+# A zygote told to stop (end of file) has this long before it is killed.
+CLOSE_TIMEOUT = 2.0
 # A request beyond this (a huge environment) runs cold.
 REQUEST_MAX = 1 << 20
 # At most this many zygotes (interpreter x user x start-up environment).
@@ -183,6 +187,11 @@ class Zygote:
         finally:
             theirs.close()
         self.sock = ours
+        # Serialises requests: what the zygote announces (spares) is read in order.
+        self._lock = threading.Lock()
+        # Spares the zygote announced and no request was given to: our
+        # children (clone(CLONE_PARENT)), ours to reap.
+        self.spares: set[int] = set()
         try:
             hello = self._recv(ours, START_TIMEOUT)
         except WarmUnavailable:
@@ -207,12 +216,52 @@ class Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def _announcements(self, taken: int | None = None) -> None:
+        """Read what the zygote said unasked ("S<pid>": a new spare), forget the
+        spare a request went to (`taken`: its hook's, from now on) and reap the
+        spares that died unused (a hook, running as the same user, may kill
+        one). Under self._lock."""
+        while True:
+            try:
+                msg = self.sock.recv(64, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            if not msg:
+                break
+            if msg[:1] == b"S" and msg[1:].isdigit():
+                self.spares.add(int(msg[1:]))
+        if taken is not None:
+            self.spares.discard(taken)
+        for pid in list(self.spares):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.spares.discard(pid)
+
     def close(self) -> None:
-        self.sock.close()  # the zygote exits at end of file
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
+        with self._lock:
+            # The zygote exits at end of file, and its spares when it has.
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_WR)
+            try:
+                self.proc.wait(CLOSE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(5)
+            # Dead now: everything it announced is in the socket's buffer.
+            self._announcements()
+            self.sock.close()
+            for pid in self.spares:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+                _reap(pid)
+            self.spares.clear()
 
     def spawn(self, path: str, argv0: str, umask: int, shebang: bytes, env_list: list[bytes],
               stdin: int, stdout: int, stderr: int) -> int:
@@ -228,20 +277,36 @@ class Zygote:
             raise NotWarmable("request too large")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with ours:
-            try:
-                try:
-                    socket.send_fds(self.sock, [payload], [theirs.fileno(), stdin, stdout, stderr])
-                finally:
-                    theirs.close()
-            except OSError as e:
-                raise WarmUnavailable(f"cannot send it a request: {e}") from None
             pid: int | None = None
             deadline = time.monotonic() + REPLY_TIMEOUT
+            # Held until the child is named: a spare is ours to reap unless a
+            # request went to it, which only the order of reading tells.
+            locked = self._lock.acquire(timeout=REPLY_TIMEOUT)
+            if not locked:
+                theirs.close()
+                raise WarmUnavailable("busy: no earlier request answered")
             try:
+                self._announcements()
+                try:
+                    try:
+                        socket.send_fds(self.sock, [payload],
+                                        [theirs.fileno(), stdin, stdout, stderr])
+                    finally:
+                        theirs.close()
+                except OSError as e:
+                    raise WarmUnavailable(f"cannot send it a request: {e}") from None
                 while True:
                     msg = self._recv(ours, max(deadline - time.monotonic(), 0.0))
                     kind, body = msg[:1], msg[1:]
                     try:
+                        if kind in (b"R", b"X", b"N", b"P") and locked:
+                            # The first word naming the child (a spare's "R"
+                            # may come before the zygote's "P"): it was
+                            # announced before this request was read, so the
+                            # announcement is in the buffer now.
+                            self._announcements(taken=int(body.partition(b":")[0]))
+                            self._lock.release()
+                            locked = False
                         if kind == b"R":
                             return int(body)
                         if kind == b"P":
@@ -268,6 +333,9 @@ class Zygote:
                         os.kill(pid, 9)
                     _reap(pid)
                 raise
+            finally:
+                if locked:
+                    self._lock.release()
             if pid is not None:
                 _reap(pid)
                 raise WarmUnavailable("its child died before it ran the script")
@@ -372,6 +440,18 @@ class WarmPool:
         """The running zygotes' pids (tests, diagnostics)."""
         with self._lock:
             return [z.proc.pid for z in self._zygotes.values()]
+
+    def spare_pids(self) -> list[int]:
+        """The spares the zygotes announced and no hook has taken (tests,
+        diagnostics)."""
+        with self._lock:
+            zygotes = list(self._zygotes.values())
+        found: list[int] = []
+        for z in zygotes:
+            with z._lock:
+                z._announcements()
+                found.extend(z.spares)
+        return sorted(found)
 
     def close(self) -> None:
         with self._lock:

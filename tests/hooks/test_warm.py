@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import signal
 import textwrap
 from collections.abc import Iterator
@@ -423,11 +424,109 @@ def test_the_zygote_holds_no_descriptor_of_the_agent(tmp_path: Path,
     finally:
         os.close(keep)
     (zpid,) = pool.pids()
+    (spare,) = wait_for(pool.spare_pids)
     fds = sorted(int(fd) for fd in os.listdir(f"/proc/{zpid}/fd"))
-    assert len(fds) == 4  # /dev/null x3 and its socket to the agent
+    assert len(fds) == 5  # /dev/null x3, its socket to the agent and to its spare
     assert [os.readlink(f"/proc/{zpid}/fd/{fd}") for fd in fds[:3]] == ["/dev/null"] * 3
-    with open(f"/proc/{zpid}/status") as f:
-        assert next(line for line in f if line.startswith("Threads:")).split()[1] == "1"
+    assert all(os.readlink(f"/proc/{zpid}/fd/{fd}").startswith("socket:") for fd in fds[3:])
+    # The spare: /dev/null x3 and its socket to the zygote, nothing else.
+    wait_for(lambda: len(os.listdir(f"/proc/{spare}/fd")) == 4)
+    spare_fds = sorted(int(fd) for fd in os.listdir(f"/proc/{spare}/fd"))
+    assert [os.readlink(f"/proc/{spare}/fd/{fd}") for fd in spare_fds[:3]] == ["/dev/null"] * 3
+    for pid in (zpid, spare):
+        with open(f"/proc/{pid}/status") as f:
+            assert next(line for line in f if line.startswith("Threads:")).split()[1] == "1"
+
+
+def _children() -> set[int]:
+    """This process's children, zombies included."""
+    found: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            found.update(int(pid) for pid in f.read().split())
+    return found
+
+
+def test_a_spare_takes_the_next_hook(tmp_path: Path, pool: zygote.WarmPool) -> None:
+    hooks_dir = tmp_path / "hooks"
+    _write(hooks_dir, EVENT, "10_pid", "import os\nprint(os.getpid(), os.getppid())\n")
+    runner = _runner(hooks_dir, tmp_path / "run", True, pool)
+    _run(runner, EVENT)
+    (spare,) = wait_for(pool.spare_pids)
+    assert spare in _children()  # ours to reap, though the zygote made it
+    # Once it has warmed up (it says so to the zygote, then waits in
+    # recvmsg), a request goes to it.
+    wait_for(lambda: _waiting_for_a_request(spare))
+    result = _run(runner, EVENT)
+    assert result.runs[0].stdout == f"{spare} {os.getpid()}\n"
+    assert spare not in pool.spare_pids()
+
+
+def _waiting_for_a_request(pid: int) -> bool:
+    recvmsg = {"x86_64": "47", "aarch64": "212"}[platform.machine()]
+    with open(f"/proc/{pid}/syscall") as f:
+        return f.read().split()[0] == recvmsg
+
+
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not identity.can_switch(), reason="needs root to switch users")
+def test_a_spare_runs_as_the_hook_user_and_cannot_be_traced(tmp_path: Path,
+                                                           pool: zygote.WarmPool) -> None:
+    user = identity.lookup("hookvisor")
+    tmp_path.chmod(0o755)
+    hooks_dir = tmp_path / "hooks"
+    _write(hooks_dir, EVENT, "10_a", "print('a')\n")
+    _run(_runner(hooks_dir, tmp_path / "run", True, pool), EVENT)
+    (spare,) = wait_for(pool.spare_pids)
+    with open(f"/proc/{spare}/status") as f:
+        uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+    assert set(uids) == {str(user.uid)}
+    # Not dumpable: its /proc files are root's, so another hook (same user)
+    # can neither ptrace it nor open its descriptors.
+    assert os.stat(f"/proc/{spare}/fd").st_uid == 0
+
+
+def test_a_killed_spare_costs_nothing(tmp_path: Path, pool: zygote.WarmPool) -> None:
+    hooks_dir = tmp_path / "hooks"
+    _write(hooks_dir, EVENT, "10_a", """
+        import hooking
+        doc = hooking.read_domxml()
+        doc.documentElement.setAttribute('a', '1')
+        hooking.write_domxml(doc)
+    """)
+    runner = _runner(hooks_dir, tmp_path / "run", True, pool)
+    _run(runner, EVENT)
+    (spare,) = wait_for(pool.spare_pids)
+    os.kill(spare, signal.SIGKILL)  # as any hook could: same user
+    wait_for(lambda: _gone(spare))
+    result = _run(runner, EVENT)
+    assert result.ok and 'a="1"' in result.data
+    assert pool.spawned == 2  # warm still: the zygote cloned a child for it
+    # The dead spare was reaped (not left a zombie of ours) and replaced.
+    wait_for(lambda: spare not in _children())
+    assert wait_for(pool.spare_pids) != [spare]
+
+
+def test_spares_go_with_their_zygote(tmp_path: Path) -> None:
+    p = zygote.WarmPool()
+    hooks_dir = tmp_path / "hooks"
+    _write(hooks_dir, EVENT, "10_a", "print('a')\n")
+    runner = _runner(hooks_dir, tmp_path / "run", True, p)
+    _run(runner, EVENT)
+    (zpid,) = p.pids()
+    (spare,) = wait_for(p.spare_pids)
+    os.kill(zpid, signal.SIGKILL)
+    wait_for(lambda: _gone(spare))  # it exits once its zygote has
+    assert _run(runner, EVENT).ok  # the dead zygote is closed: its spare reaped
+    assert spare not in _children()
+    p.close()
+    assert not _children() & ({zpid, spare} | set(p.pids()))
+    leftovers = [pid for pid in _children() if _proc_state(pid) == "Z"]
+    assert leftovers == []
 
 
 def test_a_script_replaced_after_its_shebang_was_read_runs_cold(tmp_path: Path,

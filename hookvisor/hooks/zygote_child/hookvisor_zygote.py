@@ -20,6 +20,15 @@ script, "N<pid>" if its #! line is no longer the one the agent read; then it
 exits 127),
 closes every other descriptor and runs the script as `python3 path` would.
 
+Spares: clone() of this process and a child's first writes to the pages it
+shares with us (copy-on-write faults) were most of a warm hook's start. So one
+child, the spare, is cloned ahead (also clone(CLONE_PARENT)), warms up on a
+small sample and says "r" to us; a request that finds it ready goes to it (the
+same fds, over its own socket) and "P<pid>" names it; one that does not gets
+a clone as above. Each spare is announced to the agent on the control socket,
+"S<pid>", before we read the next request: the agent reaps the spares no
+request reached. A spare exits when we do.
+
 Single-threaded whenever it clones; not dumpable (a hook, running as the same
 user, cannot ptrace it to tamper with the next hooks); exits when the agent
 closes its end.
@@ -28,6 +37,7 @@ closes its end.
 import contextlib
 import gc
 import os
+import select
 import signal
 import socket
 import sys
@@ -130,14 +140,14 @@ class _Cloner:
         return pid
 
 
-def _sample_domain():
+def _sample_domain(count=40):
     devices = "".join(
         "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
         f"<source file='/var/lib/images/disk{i}.img'/><target dev='vd{i}' bus='virtio'/></disk>"
         if i % 2 == 0 else
         f"<interface type='bridge'><mac address='52:54:00:00:00:{i:02x}'/>"
         "<source bridge='br0'/><model type='virtio'/></interface>"
-        for i in range(40)
+        for i in range(count)
     )
     return (
         "<?xml version='1.0' encoding='utf-8'?>\n"
@@ -164,7 +174,6 @@ def _ours(name):
 
 def _warm():
     """Import and exercise what hooks use, so that children share it."""
-    import json
     import xml.dom.minidom  # noqa: F401
 
     if _ours("hooking"):
@@ -177,9 +186,17 @@ def _warm():
     for name in ("subprocess", "tempfile", "shutil", "traceback", "linecache", "re",
                  "importlib.machinery", "atexit"):
         __import__(name)
+    _exercise()
+
+
+def _exercise(count=40, pretty=True):
+    """What a typical hook does (parse, edit and write a domain XML; JSON;
+    compile a script): in the zygote, the lazy set-up and caches; in a spare,
+    the copy-on-write faults of the pages it touches, paid before a hook waits."""
+    import json
     from xml.dom import minidom
 
-    doc = minidom.parseString(_sample_domain().encode("utf-8"))
+    doc = minidom.parseString(_sample_domain(count).encode("utf-8"))
     for tag in ("disk", "interface", "source"):
         for node in doc.getElementsByTagName(tag):
             node.setAttribute("warm", "1")
@@ -188,7 +205,8 @@ def _warm():
     new.appendChild(doc.createTextNode("x"))
     doc.documentElement.appendChild(new)
     doc.toxml(encoding="utf-8")
-    doc.toprettyxml(encoding="utf-8")
+    if pretty:
+        doc.toprettyxml(encoding="utf-8")
     doc.unlink()
     json.dumps(json.loads('{"a": [1, 2.5, "x", null, true], "b": {"c": "d"}}'), indent=2)
     # The compiler's lazily built state: measured 0.8 ms of a child's first
@@ -291,11 +309,15 @@ def _run(path, source):
     return 0, False
 
 
-def _child(cloner, control, request, fds):
+def _forget_control(control):
+    """In a child: the zygote's socket to the agent is not the hook's."""
+    control.detach()
+    os.close(control_fd)
+
+
+def _child(cloner, request, fds):
     reply, stdin, stdout, stderr = fds
     try:
-        control.detach()
-        os.close(control_fd)
         os.setpgid(0, 0)
         cloner.dumpable(True)
         for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
@@ -347,8 +369,79 @@ def _child(cloner, control, request, fds):
     _finish(status, interrupted)
 
 
+def _new_spare(cloner, control):
+    """(pid, socket) of a spare: a child cloned ahead of the next request.
+
+    clone() and the first writes of a child to the pages it shares with us
+    (copy-on-write faults) are most of a warm hook's start; a spare pays them
+    while the previous hook runs. It waits, not dumpable, for one request on
+    its own socket and then is exactly the child a clone at that request would
+    be. It exits when we do (end of file). None if it cannot be made: then each
+    request gets its clone as it comes.
+    """
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError:
+        return None
+    try:
+        pid = cloner.clone()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return None
+    if pid == 0:
+        try:
+            ours.close()
+            _forget_control(control)
+            with contextlib.suppress(Exception):
+                # A hook's first steps, on a small document: the pages they
+                # write are then this process's own (measured: a 40-device
+                # warm-up with toprettyxml cost more CPU than it saved).
+                cloner.set_environ([b"%s=%s" % item for item in os.environb.items()])
+                _exercise(8, pretty=False)
+            theirs.send(b"r")
+            while True:
+                try:
+                    request, fds, flags, _ = socket.recv_fds(theirs, _REQUEST_MAX, 4)
+                    break
+                except InterruptedError:
+                    continue
+            theirs.close()
+        except BaseException:
+            os._exit(127)
+        if len(fds) != 4 or flags & socket.MSG_CTRUNC:
+            os._exit(127)  # end of file: the zygote is gone
+        _child(cloner, request, fds)
+        os._exit(127)  # not reached
+    theirs.close()
+    return pid, ours
+
+
+def _ready(sock):
+    """Whether a spare is done with its warm-up; one that is not would make
+    the request wait longer than a clone takes: it stays for the next one."""
+    ready, _, _ = select.select([sock], [], [], 0)
+    if not ready:
+        return False
+    with contextlib.suppress(OSError):
+        sock.recv(1, socket.MSG_DONTWAIT)
+    # "r", or end of file if it died: then the send fails, a clone takes the
+    # request and a new spare is made.
+    return True
+
+
 def _serve(cloner, control):
+    spare = None
     while True:
+        if spare is None:
+            spare = _new_spare(cloner, control)
+            if spare is not None:
+                # The agent reaps its children: it must know this one even if
+                # no request ever reaches it.
+                try:
+                    control.send(b"S%d" % spare[0])
+                except OSError:
+                    return
         try:
             request, fds, flags, _ = socket.recv_fds(control, _REQUEST_MAX, 4)
         except InterruptedError:
@@ -359,14 +452,23 @@ def _serve(cloner, control):
             for fd in fds:
                 os.close(fd)
             continue
-        try:
-            pid = cloner.clone()
-        except OSError as e:
-            os.write(fds[0], b"E%d" % (e.errno or 11))
-            pid = -1
-        if pid == 0:
-            _child(cloner, control, request, fds)
-            os._exit(127)  # not reached
+        pid = -1
+        if spare is not None and _ready(spare[1]):
+            spare_pid, spare_sock = spare
+            spare = None
+            with contextlib.suppress(OSError):
+                socket.send_fds(spare_sock, [request], fds)
+                pid = spare_pid
+            spare_sock.close()  # a spare that did not take it exits
+        if pid < 0:
+            try:
+                pid = cloner.clone()
+            except OSError as e:
+                os.write(fds[0], b"E%d" % (e.errno or 11))
+            if pid == 0:
+                _forget_control(control)
+                _child(cloner, request, fds)
+                os._exit(127)  # not reached
         if pid > 0:
             with contextlib.suppress(OSError):
                 os.write(fds[0], b"P%d" % pid)
