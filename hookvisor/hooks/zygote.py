@@ -34,6 +34,7 @@ import stat
 import subprocess
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +51,6 @@ SUPPORTED = platform.machine() in ("x86_64", "aarch64")
 START_TIMEOUT = 30.0
 # From a request to the child's "ready": a clone and a few system calls.
 REPLY_TIMEOUT = 10.0
-# A zygote told to stop (end of file) has this long before it is killed.
-CLOSE_TIMEOUT = 2.0
 # A request beyond this (a huge environment) runs cold.
 REQUEST_MAX = 1 << 20
 # At most this many zygotes (interpreter x user x start-up environment).
@@ -192,6 +191,9 @@ class Zygote:
         # Spares the zygote announced and no request was given to: our
         # children (clone(CLONE_PARENT)), ours to reap.
         self.spares: set[int] = set()
+        # A Zygote dropped without close() (a runner nobody closed) still
+        # leaves no process and no zombie behind.
+        self._finalizer = weakref.finalize(self, _end, self.proc, ours, self.spares)
         try:
             hello = self._recv(ours, START_TIMEOUT)
         except WarmUnavailable:
@@ -217,51 +219,13 @@ class Zygote:
         return self.proc.poll() is None
 
     def _announcements(self, taken: int | None = None) -> None:
-        """Read what the zygote said unasked ("S<pid>": a new spare), forget the
-        spare a request went to (`taken`: its hook's, from now on) and reap the
-        spares that died unused (a hook, running as the same user, may kill
-        one). Under self._lock."""
-        while True:
-            try:
-                msg = self.sock.recv(64, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                break
-            if not msg:
-                break
-            if msg[:1] == b"S" and msg[1:].isdigit():
-                self.spares.add(int(msg[1:]))
-        if taken is not None:
-            self.spares.discard(taken)
-        for pid in list(self.spares):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                self.spares.discard(pid)
+        """What the zygote said unasked, with `taken` (the spare a request went
+        to: its hook's from now on) forgotten. Under self._lock."""
+        _announcements(self.sock, self.spares, taken)
 
     def close(self) -> None:
         with self._lock:
-            # The zygote exits at end of file, and its spares when it has.
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_WR)
-            try:
-                self.proc.wait(CLOSE_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(5)
-            # Dead now: everything it announced is in the socket's buffer.
-            self._announcements()
-            self.sock.close()
-            for pid in self.spares:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, 9)
-                _reap(pid)
-            self.spares.clear()
+            self._finalizer()
 
     def spawn(self, path: str, argv0: str, umask: int, shebang: bytes, env_list: list[bytes],
               stdin: int, stdout: int, stderr: int) -> int:
@@ -340,6 +304,46 @@ class Zygote:
                 _reap(pid)
                 raise WarmUnavailable("its child died before it ran the script")
             raise WarmUnavailable("it closed the request unanswered")
+
+
+def _announcements(sock: socket.socket, spares: set[int], taken: int | None = None) -> None:
+    """Read what a zygote said unasked ("S<pid>": a new spare), forget `taken`
+    and reap the spares that died unused (a hook, running as the same user,
+    may kill one)."""
+    while True:
+        try:
+            msg = sock.recv(64, socket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError: nothing more now
+            break
+        if not msg:
+            break
+        if msg[:1] == b"S" and msg[1:].isdigit():
+            spares.add(int(msg[1:]))
+    if taken is not None:
+        spares.discard(taken)
+    for pid in list(spares):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            spares.discard(pid)
+
+
+def _end(proc: subprocess.Popen[bytes], sock: socket.socket, spares: set[int]) -> None:
+    """Stop a zygote and its spares and reap them all."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    # Dead now: everything it announced is in the socket's buffer.
+    _announcements(sock, spares)
+    sock.close()
+    for pid in spares:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+        _reap(pid)
+    spares.clear()
 
 
 def current_umask() -> int:
