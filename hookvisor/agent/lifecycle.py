@@ -272,12 +272,10 @@ def destroy(ctx: Context, vm_id: object) -> dict[str, Any]:
             ctx.registry.remove(vm)
             ctx.host.forget(vm.vm_id)
             return {}
-        before = ctx.hooks.wanted(VM_DESTROY.before)
+        hooked = (vm.device_props or ctx.hooks.wanted(VM_DESTROY.before)
+                  or ctx.hooks.wanted(VM_DESTROY.after))
         # The live XML is only a payload: with no script to read it, spare libvirt the call.
-        if before or vm.device_props or ctx.hooks.wanted(VM_DESTROY.after):
-            xml = _live_xml(ctx, vm)
-        else:
-            xml = vm.xml
+        xml = _live_xml(ctx, vm) if hooked else vm.xml
         devices = [(ref.xml, props) for ref, props in custom_devices(vm, xml)]
 
         def act(_xml: str) -> None:
@@ -292,7 +290,11 @@ def destroy(ctx: Context, vm_id: object) -> dict[str, Any]:
                 vm.set_status(DOWN)
             log.info("VM %s (%s) destroyed", vm.vm_id, vm.name)
 
-        ctx.hooks.around(VM_DESTROY, xml, vm, act, devices=devices, device_fam=DEVICE_DESTROY)
+        if hooked:
+            ctx.hooks.around(VM_DESTROY, xml, vm, act, devices=devices,
+                             device_fam=DEVICE_DESTROY)
+        else:
+            act(xml)  # no script for either event (just asked): no chain to look up again
         ctx.registry.remove(vm)
         return {}
 
