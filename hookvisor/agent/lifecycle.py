@@ -229,7 +229,9 @@ def create(ctx: Context, params: Any) -> dict[str, Any]:
             started_at=time.time())
     if req.spec is not None:
         # Paths resolved and checked: after_disk_prepare may swap them (localdisk).
-        req = dataclasses.replace(req, spec=diskprep.prepare_create(ctx, vm, req.spec))
+        prepared = diskprep.prepare_create(ctx, vm, req.spec)
+        if prepared is not req.spec:
+            req = dataclasses.replace(req, spec=prepared)
     xml = _initial(ctx, req, vm)
     # Locked before it is listed: a destroy racing this create waits for it to finish.
     with vm.lock, vm.doing(STARTING):
