@@ -229,7 +229,9 @@ def create(ctx: Context, params: Any) -> dict[str, Any]:
             started_at=time.time())
     if req.spec is not None:
         # Paths resolved and checked: after_disk_prepare may swap them (localdisk).
-        req = dataclasses.replace(req, spec=diskprep.prepare_create(ctx, vm, req.spec))
+        prepared = diskprep.prepare_create(ctx, vm, req.spec)
+        if prepared is not req.spec:
+            req = dataclasses.replace(req, spec=prepared)
     xml = _initial(ctx, req, vm)
     # Locked before it is listed: a destroy racing this create waits for it to finish.
     with vm.lock, vm.doing(STARTING):
@@ -272,12 +274,10 @@ def destroy(ctx: Context, vm_id: object) -> dict[str, Any]:
             ctx.registry.remove(vm)
             ctx.host.forget(vm.vm_id)
             return {}
-        before = ctx.hooks.wanted(VM_DESTROY.before)
+        hooked = (vm.device_props or ctx.hooks.wanted(VM_DESTROY.before)
+                  or ctx.hooks.wanted(VM_DESTROY.after))
         # The live XML is only a payload: with no script to read it, spare libvirt the call.
-        if before or vm.device_props or ctx.hooks.wanted(VM_DESTROY.after):
-            xml = _live_xml(ctx, vm)
-        else:
-            xml = vm.xml
+        xml = _live_xml(ctx, vm) if hooked else vm.xml
         devices = [(ref.xml, props) for ref, props in custom_devices(vm, xml)]
 
         def act(_xml: str) -> None:
@@ -292,7 +292,11 @@ def destroy(ctx: Context, vm_id: object) -> dict[str, Any]:
                 vm.set_status(DOWN)
             log.info("VM %s (%s) destroyed", vm.vm_id, vm.name)
 
-        ctx.hooks.around(VM_DESTROY, xml, vm, act, devices=devices, device_fam=DEVICE_DESTROY)
+        if hooked:
+            ctx.hooks.around(VM_DESTROY, xml, vm, act, devices=devices,
+                             device_fam=DEVICE_DESTROY)
+        else:
+            act(xml)  # no script for either event (just asked): no chain to look up again
         ctx.registry.remove(vm)
         return {}
 

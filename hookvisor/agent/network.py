@@ -56,7 +56,9 @@ class NetworkService:
 
     def touch(self) -> None:
         """A client reached the agent: what a pending connectivity check waits for."""
-        self._touched.set()
+        # Every call passes here: set() takes the event's lock even when it is set.
+        if not self._touched.is_set():
+            self._touched.set()
 
     # --- verbs ----------------------------------------------------------------
 

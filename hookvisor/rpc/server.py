@@ -60,6 +60,9 @@ _NEXT_WAIT_MS = 2
 # back of the queue: a client pipelining or calling in a tight loop must not
 # keep a worker from the others for as long as it goes on.
 _BATCH = 32
+# A socket timeout this close to what a deadline leaves is kept as it is (see
+# AgentServer._timeout): a call may end this much past its deadline, no more.
+_TIMEOUT_SLACK = 0.01
 
 
 class HttpError(Exception):
@@ -84,6 +87,8 @@ class _Conn:
     # what it sends is read and dropped by the selector until it goes (no worker).
     refused: str | None = None
     buf: bytearray = field(default_factory=bytearray)
+    # The socket's timeout as last set (0.0: non-blocking, as the selector keeps it).
+    timeout: float = 0.0
 
 
 Dispatch = Callable[[str, tuple[Any, ...]], dict[str, Any]]
@@ -160,9 +165,13 @@ def _error_response(code: int, reason: str) -> bytes:
 class AgentServer:
     """The listeners, the selector thread and the worker pool around `dispatch`."""
 
-    def __init__(self, settings: Settings, dispatch: Dispatch) -> None:
+    def __init__(self, settings: Settings, dispatch: Dispatch,
+                 after_reply: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.dispatch = dispatch
+        # Called on the worker once a reply is written (or failed to be): what the
+        # dispatcher left for then (its log line) is off the client's wait.
+        self.after_reply = after_reply
         self.limits = Limits(settings.max_nesting, settings.max_string_bytes,
                              settings.max_int_digits, settings.max_reply_bytes)
         self.policy = PeerPolicy(settings.api_group, settings.hook_user)
@@ -401,6 +410,7 @@ class AgentServer:
         conn.since = time.monotonic()
         try:
             conn.sock.setblocking(False)
+            conn.timeout = 0.0
             self.sel.register(conn.sock, selectors.EVENT_READ, conn)
         except (OSError, ValueError):
             self._close(conn)
@@ -577,10 +587,7 @@ class AgentServer:
         return bool(poller.poll(_NEXT_WAIT_MS))
 
     def _recv_into_buf(self, conn: _Conn, deadline: float) -> bool:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        conn.sock.settimeout(left)
+        self._timeout(conn, deadline)
         try:
             chunk = conn.sock.recv(_CHUNK)
         except ssl.SSLWantReadError:
@@ -618,9 +625,13 @@ class AgentServer:
         body = bytes(conn.buf[:length])
         del conn.buf[:length]
         reply = self._call(body)
-        self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n"
-                   + (b"Connection: close\r\n" if close else b"")
-                   + b"Content-Length: %d\r\n\r\n" % len(reply) + reply)
+        try:
+            self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n"
+                       + (b"Connection: close\r\n" if close else b"")
+                       + b"Content-Length: %d\r\n\r\n" % len(reply) + reply)
+        finally:
+            if self.after_reply is not None:
+                self.after_reply()
         return not close
 
     def _check_head(self, head: bytes) -> tuple[int, bool, bool]:
@@ -674,14 +685,25 @@ class AgentServer:
             reply = status(Code.UNEXPECTED, f"{method}: unexpected error: {type(e).__name__}")
         return marshal_reply(method, reply, self.limits)
 
+    def _timeout(self, conn: _Conn, deadline: float) -> None:
+        """The socket's timeout for its next call: what is left until `deadline`.
+
+        Set only when the one set already is off by more than _TIMEOUT_SLACK (each
+        set is a system call): a request read at once, and its reply, keep the
+        timeout the previous request left, read_timeout.
+        """
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        if conn.timeout <= 0 or abs(conn.timeout - left) > _TIMEOUT_SLACK:
+            conn.sock.settimeout(left)
+            conn.timeout = left
+
     def _send(self, conn: _Conn, data: bytes) -> None:
         deadline = time.monotonic() + self.settings.read_timeout
         view = memoryview(data)
         while view:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            conn.sock.settimeout(left)
+            self._timeout(conn, deadline)
             sent = conn.sock.send(view[:_CHUNK])
             view = view[sent:]
 
@@ -695,7 +717,8 @@ class AgentServer:
             drained = 0
             budget = min(_LINGER_BYTES, self.settings.max_request_bytes)
             while drained < budget and time.monotonic() < deadline:
-                conn.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                conn.timeout = max(0.01, deadline - time.monotonic())
+                conn.sock.settimeout(conn.timeout)
                 chunk = conn.sock.recv(65536)
                 if not chunk:
                     break

@@ -9,6 +9,7 @@ dev) and the creation params (JSON), so `list(full=True)` survives a restart.
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,26 +108,42 @@ def _node(tag: str, text: str | None = None, children: list[_Node] | None = None
     return tag, attrs, text, children or []
 
 
+# What ElementTree escapes; most values hold none of it, and a search is one call
+# where the replaces are three or seven.
+_TEXT_SPECIAL = re.compile("[&<>]")
+_ATTR_SPECIAL = re.compile('[&<>"\r\n\t]')
+
+
 def _escape_text(text: str) -> str:
+    if _TEXT_SPECIAL.search(text) is None:
+        return text
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _escape_attr(text: str) -> str:
-    return (_escape_text(text).replace('"', "&quot;").replace("\r", "&#13;")
-            .replace("\n", "&#10;").replace("\t", "&#09;"))
+    if _ATTR_SPECIAL.search(text) is None:
+        return text
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;").replace("\r", "&#13;").replace("\n", "&#10;")
+            .replace("\t", "&#09;"))
 
 
 def _emit(node: _Node, depth: int, out: list[str]) -> None:
+    # Runs for every element of every domain a create builds: plain concatenation,
+    # no per-attribute generator or format.
     tag, attrs, text, children = node
     pad = "  " * depth
-    head = pad + "<" + tag + "".join(f' {k}="{_escape_attr(v)}"' for k, v in attrs.items())
+    head = pad + "<" + tag
+    for k, v in attrs.items():
+        head += " " + k + '="' + _escape_attr(v) + '"'
     if children:
         out.append(head + ">")
+        depth += 1
         for child in children:
-            _emit(child, depth + 1, out)
-        out.append(f"{pad}</{tag}>")
+            _emit(child, depth, out)
+        out.append(pad + "</" + tag + ">")
     elif text:
-        out.append(f"{head}>{_escape_text(text)}</{tag}>")
+        out.append(head + ">" + _escape_text(text) + "</" + tag + ">")
     else:
         out.append(head + " />")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hookvisor.virt import domain_xml as dx
 from hookvisor.virt.spec import DiskSpec, NicSpec, VmSpec
@@ -84,6 +86,22 @@ def test_build_writes_what_elementtree_writes() -> None:
             assert dx.to_string(dx.parse(built)) == built
         assert dx.build(s, "kvm", meta=meta) == dx.set_metadata(dx.build(s, "kvm"), meta)
     assert dx.get_metadata(dx.build(tricky, "kvm", meta=meta)) == meta
+
+
+# Text XML can carry (no control characters but tab and newline; no surrogates). A CR
+# in element text reads back as a newline (XML's end-of-line rule), for ElementTree too.
+_XML_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=[
+    chr(c) for c in range(32) if chr(c) not in "\t\n"] + ["\ufffe", "\uffff"]))
+
+
+@given(name=_XML_TEXT, path=_XML_TEXT, prop=_XML_TEXT)
+def test_build_escapes_as_elementtree_for_any_text(name: str, path: str, prop: str) -> None:
+    # The escapes' fast path (nothing to escape) and slow path both write what
+    # ElementTree writes: in text (the name, a property) and attributes (a path).
+    s = VmSpec(UUID, name, 64, 1,
+               (DiskSpec("disk", "/" + path + "\r", "raw", "virtio", False, None),))
+    built = dx.build(s, "kvm", meta=dx.Metadata({"p": prop}, {}, {}))
+    assert dx.to_string(dx.parse(built)) == built
 
 
 def test_set_uuid_and_bad_xml() -> None:

@@ -127,3 +127,51 @@ def test_lost_hook_records_reported_by_getvdsstats(dirs: Any, inproc_agent: Any)
     assert "hookruns.sqlite" in info["hookRecordLastError"]
     # The real cause, as the OS says it (the file is made 0600 before SQLite opens it).
     assert "Is a directory" in info["hookRecordLastError"]
+
+
+def test_every_changing_call_is_logged_once_after_its_reply(dirs: Any,
+                                                            serve_process: Any) -> None:
+    # The server writes the rpc line once the reply is sent: it is still one line
+    # per changing call, with its code; reports are not at INFO.
+    agent = serve_process()
+    vm_id = str(uuid.uuid4())
+    assert agent.api.create({"vmId": vm_id, "vmName": "hvtest-logline",
+                             "memSize": 64})["status"]["code"] == 0
+    assert agent.api.destroy(vm_id)["status"]["code"] == 0
+    assert agent.api.destroy(vm_id)["status"]["code"] == Code.NO_VM
+    assert agent.api.getVdsStats()["status"]["code"] == 0
+    assert agent.stop() == 0
+    calls = [line.split("hookvisor.rpc: ")[1].split(" (")[0]
+             for line in agent.log().splitlines() if " INFO hookvisor.rpc: rpc " in line]
+    assert "rpc getVdsStats -> Done 0" not in calls
+    assert [c for c in calls if c.startswith(("rpc create", "rpc destroy"))] == [
+        "rpc create -> Done 0", "rpc destroy -> Done 0", "rpc destroy -> noVM 1"]
+
+
+def test_a_deferred_log_line_waits_for_flush_on_its_own_thread(dirs: Any, caplog: Any) -> None:
+    runner = HookRunner(RunnerConfig(hooks_dir=dirs.hooks, run_dir=dirs.run))
+    props = PropertyRegistry(dirs.state / "properties.sqlite", "4.8")
+    agent = Agent(Host("test:///default"), HookCalls(runner), props, dirs.run, "4.8")
+    try:
+        agent.recover()
+        dispatcher = Dispatcher(agent, defer_log=True)
+        caplog.set_level("INFO", logger="hookvisor.rpc")
+        vm_id = str(uuid.uuid4())
+        p = {"vmId": vm_id, "vmName": "hvtest-defer", "memSize": 64}
+        assert dispatcher.dispatch("create", (p,))["status"]["code"] == 0
+        assert "rpc create" not in caplog.text
+        # Another thread's flush writes nothing of this thread's call.
+        other = threading.Thread(target=dispatcher.flush_log)
+        other.start()
+        other.join()
+        assert "rpc create" not in caplog.text
+        # A call whose line was never flushed (its reply not sent) is written at the next.
+        assert dispatcher.dispatch("destroy", (vm_id,))["status"]["code"] == 0
+        assert "rpc create -> Done 0" in caplog.text and "rpc destroy" not in caplog.text
+        dispatcher.flush_log()
+        assert "rpc destroy -> Done 0" in caplog.text
+        dispatcher.flush_log()
+        assert caplog.text.count("rpc destroy") == 1
+    finally:
+        agent.close()
+        props.close()
