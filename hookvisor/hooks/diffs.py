@@ -12,10 +12,9 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from xml.dom import minidom
-from xml.parsers.expat import ExpatError
+
+from hookvisor.hooks import canonxml
 
 CONTEXT = 3
 _BLOCK = 1 << 16
@@ -143,13 +142,9 @@ def canonical(kind: str, data: bytes) -> bytes | None:
                                ensure_ascii=False) + "\n").encode()
         if kind != "xml":
             return None
-        c14n = ET.canonicalize(xml_data=text, strip_text=True)
-        # minidom keeps the prefixes C14N wrote (ElementTree would rename them).
-        root = minidom.parseString(c14n).documentElement
-        if root is None:
-            return None
-        return root.toprettyxml(indent="  ").encode("utf-8")
-    except (ValueError, ET.ParseError, ExpatError, RecursionError):
+        pretty = canonxml.fast(text)
+        return None if pretty is None else pretty.encode("utf-8")
+    except (ValueError, RecursionError):
         return None
 
 
