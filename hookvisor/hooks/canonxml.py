@@ -96,9 +96,9 @@ class _Writer:
     before its first child, the text while a text is its only one (minidom
     writes a lone text inline), True once it is written as lines.
 
-    An element with no namespace in its names, none declared on it and no
-    default namespace to undo takes a shortcut: C14N would write its names as
-    they are and declare nothing, so it leaves the namespace stacks alone.
+    An element with no namespace in its names and no default namespace to
+    undo takes a shortcut: C14N would write its names as they are and declare
+    nothing.
     """
 
     def __init__(self) -> None:
@@ -106,19 +106,24 @@ class _Writer:
         self._data: list[str] = []
         # The C parser calls this list's append, no Python frame per text piece.
         self.data = self._data.append
-        # C14NWriterTarget's stacks of (uri, prefix) pairs, levels only for
-        # the elements that have some (an empty level changes no lookup): the
-        # declarations written, and those the input made.
+        # C14NWriterTarget's stacks of (uri, prefix) pairs. The declarations
+        # written: a level per element that is not a shortcut one (shortcut
+        # ones declare nothing and look nothing up).
         self._declared: list[list[tuple[str, str]]] = [[(_XML_NS, "xml")]]
+        # Those the input made. C14N keeps a level per open element for the
+        # declarations of all its children so far: a sibling's stay in it, and
+        # its lookups see them. Here a level exists once it has one, and
+        # `_ns_keys` says whose: the number of elements open at its children's
+        # start tags (0: the root's; -1: ElementTree's registered prefixes).
         namespace_map: dict[str, str] = getattr(ET, "_namespace_map", {})
         self._ns: list[list[tuple[str, str]]] = [list(namespace_map.items())]
-        self._ns_new: list[tuple[str, str]] = []  # declared by the next start tag
+        self._ns_keys = [-1]
         self._keep = False  # xml:space="preserve" in force: text is not stripped
         # Written declarations of a non-empty default namespace in scope.
         self._defaults = 0
         # Open elements: (name written, None for a shortcut element, else
-        # (defaults it declared, _keep outside it, whether it has an _ns level)).
-        self._open: list[tuple[str, tuple[int, bool, bool] | None]] = []
+        # (defaults it declared, _keep outside it)).
+        self._open: list[tuple[str, tuple[int, bool] | None]] = []
         self._state: str | Literal[True] | None = None
 
     def text(self) -> str:
@@ -178,7 +183,12 @@ class _Writer:
             raise _Unsure("a namespace URI with a space")
         if self._data:
             self._flush()
-        self._ns_new.append((uri, prefix))
+        depth = len(self._open)
+        if self._ns_keys[-1] == depth:
+            self._ns[-1].append((uri, prefix))
+        else:
+            self._ns.append([(uri, prefix)])
+            self._ns_keys.append(depth)
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
         if self._data:
@@ -190,7 +200,7 @@ class _Writer:
             if depth > MAX_DEPTH:
                 raise _Unsure("nested too deep")
         self._state = None
-        if self._defaults or self._ns_new or tag[0] == "{":
+        if self._defaults or tag[0] == "{":
             self._start(tag, attrs, _INDENTS[depth])
         elif not attrs:
             self._out.append(f"{_INDENTS[depth]}<{tag}")
@@ -199,7 +209,11 @@ class _Writer:
             # Built first and looked at once: a "{" (a namespace, or only a
             # value holding one) takes the long way, a character to escape
             # (a quote beyond the two per attribute) has it built again.
-            text = "".join([f' {k}="{v}"' for k, v in sorted(attrs.items())])
+            if len(attrs) == 1:
+                ((k, v),) = attrs.items()
+                text = f' {k}="{v}"'
+            else:
+                text = "".join([f' {k}="{v}"' for k, v in sorted(attrs.items())])
             if "{" in text:
                 self._start(tag, attrs, _INDENTS[depth])
                 return
@@ -210,10 +224,6 @@ class _Writer:
 
     def _start(self, tag: str, attrs: dict[str, str], indent: str) -> None:
         # C14NWriterTarget.start and _start (no qname-aware or excluded names).
-        has_ns = bool(self._ns_new)
-        if has_ns:
-            self._ns.append(self._ns_new)
-            self._ns_new = []
         new: list[tuple[str, str]] = []
         self._declared.append(new)
         parsed = {n: self._qname(n) for n in sorted(
@@ -235,11 +245,12 @@ class _Writer:
         qname = parsed[tag][0]
         self._out.append(f"{indent}<{qname}" + "".join(
             [f' {k}="{_dom(v)}"' for k, v in attr_list]))
-        self._open.append((qname, (defaults, keep, has_ns)))
+        self._open.append((qname, (defaults, keep)))
 
     def end(self, tag: str) -> None:
         if self._data:
             self._flush()
+        depth = len(self._open)
         qname, undo = self._open.pop()
         state = self._state
         if state is None:
@@ -252,11 +263,12 @@ class _Writer:
         if undo is not None:
             if self._qname(tag)[0] != qname:
                 raise _Refused("an end tag that does not match")
-            defaults, self._keep, has_ns = undo
+            defaults, self._keep = undo
             self._defaults -= defaults
             self._declared.pop()
-            if has_ns:
-                self._ns.pop()
+        if self._ns_keys[-1] == depth:
+            self._ns.pop()
+            self._ns_keys.pop()
 
     def comment(self, text: str) -> None:
         # Without comments C14N ignores them, and text either side is one text.

@@ -148,17 +148,44 @@ def canonical(kind: str, data: bytes) -> bytes | None:
         return None
 
 
+class CanonicalCache:
+    """The canonical forms of the two sides of a chain's last diff.
+
+    In a chain the data before a hook is what the last hook that changed it
+    left, or (its edit refused) what that hook was given: one side of the
+    last diff either way, so each version is made canonical once.
+    """
+
+    def __init__(self) -> None:
+        self._last: list[tuple[str, bytes, bytes | None]] = []
+
+    def canonical(self, kind: str, data: bytes) -> bytes | None:
+        for k, d, form in self._last:
+            if k == kind and (d is data or d == data):
+                return form
+        return canonical(kind, data)
+
+    def pair(self, kind: str, before: bytes, after: bytes) -> tuple[bytes | None, bytes | None]:
+        a, b = self.canonical(kind, before), self.canonical(kind, after)
+        self._last = [(kind, before, a), (kind, after, b)]
+        return a, b
+
+
 def for_payload(kind: str, before: bytes, after: bytes, name: str,
-                cap: int) -> tuple[str, str]:
+                cap: int, cache: CanonicalCache | None = None) -> tuple[str, str]:
     """(diff, raw diff) of a hook's edit.
 
     The diff is of the canonical forms when both sides can be read (only real
     changes; "" when the edit was formatting only); the raw diff, of the bytes
     as they were, is kept beside it when it says something else. Data that
-    cannot be canonicalised: the raw diff is the diff, raw "".
+    cannot be canonicalised: the raw diff is the diff, raw "". A chain passes
+    its `cache`.
     """
     raw = unified(before, after, name, cap)
-    a, b = canonical(kind, before), canonical(kind, after)
+    if cache is None:
+        a, b = canonical(kind, before), canonical(kind, after)
+    else:
+        a, b = cache.pair(kind, before, after)
     if a is None or b is None:
         return raw, ""
     diff = unified(a, b, name + " (canonical)", cap)

@@ -291,6 +291,7 @@ class _Chain:
     groups: groups.ChainGroups
     cwd: str = ""
     umask: int | None = None  # read when a script first goes warm
+    canonicals: diffs.CanonicalCache = field(default_factory=diffs.CanonicalCache)
 
 
 def _cwd() -> str:
@@ -787,7 +788,7 @@ class HookRunner:
         if after is not None and after != current:
             diff, raw_diff = diffs.for_payload("json" if ev.payload is Payload.JSON else "xml",
                                                current, after, script.name,
-                                               self.config.diff_cap)
+                                               self.config.diff_cap, chain.canonicals)
         run = ScriptRun(
             script.name, ev.name, checksum, outcome, rc_out, duration, started,
             out.text(), err.text(), out.cut, err.cut,

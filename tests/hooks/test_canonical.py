@@ -5,7 +5,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from hookvisor.hooks.diffs import canonical, for_payload
+import pytest
+
+from hookvisor.hooks import diffs
+from hookvisor.hooks.diffs import CanonicalCache, canonical, for_payload
 from hookvisor.hooks.records import REDACTED, ChainInput, RunRecord, RunRecords
 
 BEFORE = (b"<domain type='kvm'>\n  <name>x</name>\n  <devices/>\n"
@@ -86,3 +89,28 @@ def test_an_older_store_gains_the_raw_diff_column(tmp_path: Path) -> None:
     store = RunRecords(path)
     store.add([_record("new", "d", "raw")])
     assert [(r.diff, r.raw_diff) for r in store.query()] == [("d", "raw"), ("old diff", "")]
+
+
+def test_a_chain_makes_each_version_canonical_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = [BEFORE, NOISE, NOISE.replace(b"x", b"y"), NOISE.replace(b"x", b"z")]
+    expected = [for_payload("xml", a, b, "h", 10_000)
+                for a, b in ((versions[0], versions[1]), (versions[1], versions[2]),
+                             (versions[1], versions[3]), (versions[3], b"[1]"))]
+    seen: list[bytes] = []
+
+    def counting(kind: str, data: bytes) -> bytes | None:
+        seen.append(data)
+        return canonical(kind, data)
+
+    monkeypatch.setattr(diffs, "canonical", counting)
+    cache = CanonicalCache()
+    # v1 kept, v2 refused (the next hook is given v1 again), v3 kept, then not XML.
+    got = [for_payload("xml", versions[0], versions[1], "h", 10_000, cache),
+           for_payload("xml", bytes(bytearray(versions[1])), versions[2], "h", 10_000, cache),
+           for_payload("xml", versions[1], versions[3], "h", 10_000, cache),
+           for_payload("xml", versions[3], b"[1]", "h", 10_000, cache)]
+    assert got == expected
+    assert seen == [versions[0], versions[1], versions[2], versions[3], b"[1]"]
+    # The kind is part of the key: the same bytes as JSON are read again.
+    assert cache.canonical("json", b"[1]") == b"[\n  1\n]\n" and seen[-1] == b"[1]"
+    assert len(seen) == 6
