@@ -142,8 +142,9 @@ def canonical(kind: str, data: bytes) -> bytes | None:
 
     XML ("xml"): C14N 2.0 (attribute order and quoting, `<a/>` vs `<a></a>`,
     entities, the `<?xml?>` declaration and comments all normalised; whitespace
-    between elements dropped), then one element per line. JSON ("json"): keys
-    sorted, two-space indent.
+    between elements dropped), then one element per line: minidom's pretty
+    print of it, made in one pass by hookvisor.hooks.canonxml. JSON ("json"):
+    keys sorted, two-space indent.
     """
     if len(data) > CANONICAL_MAX:
         return None

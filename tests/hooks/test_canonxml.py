@@ -52,9 +52,9 @@ def old_canonical(kind: str, data: bytes) -> bytes | None:
 # -- documents -----------------------------------------------------------------------------
 
 PREFIXES = ["p", "q", "ovirt-vm"]
-# A URI holding "{" / "}" (ElementTree's own separators) and one holding a space
-# (minidom splits names on it: canonxml leaves that one to the reference).
 # Few URIs, often reused under other prefixes: C14N's choices of prefix collide.
+# One holds "{" and "}" (ElementTree's own separators), one a space (minidom
+# splits names on it: canonxml leaves that one to the reference).
 URIS = ["urn:a", "urn:b"] * 8 + ["http://www.w3.org/1999/xhtml", "urn:{x}y", "urn:s p"]
 # "é" sorts after "{": attributes in no namespace after namespaced ones.
 LOCALS = ["a", "b", "é", "x1", "Z", "_u", "space", "lang"]
