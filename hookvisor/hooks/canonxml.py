@@ -319,8 +319,14 @@ def _fast_ok() -> bool:
     return ok
 
 
+# One-pass failures other than the known ones: a bug here, which must not
+# break a hook chain (the reference answers instead); tests check it stays 0.
+unexpected = 0
+
+
 def fast(text: str) -> str | None:
     """reference(text), None where it raises; one pass where that is known to match."""
+    global unexpected
     try:
         if _fast_ok():
             return _one_pass(text)
@@ -328,6 +334,9 @@ def fast(text: str) -> str | None:
         return None
     except _Unsure:
         pass
+    except Exception:
+        unexpected += 1
+        log.exception("canonical XML: the one pass failed; using the two-step form")
     try:
         return reference(text)
     except (ValueError, ET.ParseError, ExpatError, RecursionError):

@@ -179,6 +179,7 @@ def test_the_one_pass_is_in_use_here() -> None:
 @example('<a xml:space="preserve"> <b xml:space="default"> x </b> <c xml:space=""> y </c></a>')
 def test_one_pass_equals_the_original(doc: str) -> None:
     same(doc)
+    assert canonxml.unexpected == 0
 
 
 def test_the_generated_documents_are_mostly_readable() -> None:
@@ -242,3 +243,15 @@ def test_json_and_other_kinds_unchanged() -> None:
                        ("xml", b"\xff<a/>"), ("yaml", b"a: 1"),
                        ("xml", b" " * (CANONICAL_MAX + 1))):
         assert canonical(kind, data) == old_canonical(kind, data)
+
+
+def test_a_bug_in_the_one_pass_falls_back_and_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    canonxml._fast_ok()
+    monkeypatch.setattr(canonxml, "unexpected", 0)
+
+    def broken(self: object, tag: str, attrs: dict[str, str]) -> None:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(canonxml._Writer, "start", broken)
+    assert same("<a><b/></a>") == b"<a>\n  <b/>\n</a>\n"
+    assert canonxml.unexpected == 1
