@@ -294,6 +294,7 @@ class _Chain:
     # Per #! line: the zygote and argv[0] (None: cold). The chain's
     # environment and user are fixed, so once per chain, not per script.
     targets: dict[zygote.Shebang, tuple[zygote.Key, str] | None] = field(default_factory=dict)
+    canonicals: diffs.CanonicalCache = field(default_factory=diffs.CanonicalCache)
 
 
 def _cwd() -> str:
@@ -800,7 +801,7 @@ class HookRunner:
         if after is not None and after != current:
             diff, raw_diff = diffs.for_payload("json" if ev.payload is Payload.JSON else "xml",
                                                current, after, script.name,
-                                               self.config.diff_cap)
+                                               self.config.diff_cap, chain.canonicals)
         run = ScriptRun(
             script.name, ev.name, checksum, outcome, rc_out, duration, started,
             out.text(), err.text(), out.cut, err.cut,

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from unittest import mock
 
-from hookvisor.hooks.diffs import canonical, for_payload
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hookvisor.hooks import diffs
+from hookvisor.hooks.diffs import CanonicalCache, canonical, for_payload
 from hookvisor.hooks.records import REDACTED, ChainInput, RunRecord, RunRecords
 
 BEFORE = (b"<domain type='kvm'>\n  <name>x</name>\n  <devices/>\n"
@@ -86,3 +92,49 @@ def test_an_older_store_gains_the_raw_diff_column(tmp_path: Path) -> None:
     store = RunRecords(path)
     store.add([_record("new", "d", "raw")])
     assert [(r.diff, r.raw_diff) for r in store.query()] == [("d", "raw"), ("old diff", "")]
+
+
+def test_a_chain_makes_each_version_canonical_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = [BEFORE, NOISE, NOISE.replace(b"x", b"y"), NOISE.replace(b"x", b"z")]
+    expected = [for_payload("xml", a, b, "h", 10_000)
+                for a, b in ((versions[0], versions[1]), (versions[1], versions[2]),
+                             (versions[1], versions[3]), (versions[3], b"[1]"))]
+    seen: list[bytes] = []
+
+    def counting(kind: str, data: bytes) -> bytes | None:
+        seen.append(data)
+        return canonical(kind, data)
+
+    monkeypatch.setattr(diffs, "canonical", counting)
+    cache = CanonicalCache()
+    # v1 kept, v2 refused (the next hook is given v1 again), v3 kept, then not XML.
+    got = [for_payload("xml", versions[0], versions[1], "h", 10_000, cache),
+           for_payload("xml", bytes(bytearray(versions[1])), versions[2], "h", 10_000, cache),
+           for_payload("xml", versions[1], versions[3], "h", 10_000, cache),
+           for_payload("xml", versions[3], b"[1]", "h", 10_000, cache)]
+    assert got == expected
+    assert seen == [versions[0], versions[1], versions[2], versions[3], b"[1]"]
+    # The kind is part of the key: the same bytes as JSON are read again.
+    assert cache.canonical("json", b"[1]") == b"[\n  1\n]\n" and seen[-1] == b"[1]"
+    assert len(seen) == 6
+
+
+def _naive_prefix(a: bytes, b: bytes) -> int:
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40), st.binary(max_size=12), st.binary(max_size=12),
+       st.binary(max_size=40), st.sampled_from([1, 3, 8, 1 << 16]))
+def test_common_head_and_tail_are_those_byte_by_byte(head: bytes, x: bytes, y: bytes,
+                                                     tail: bytes, block: int) -> None:
+    a, b = head + x + tail, head + y + tail
+    with mock.patch.object(diffs, "_BLOCK", block):
+        prefix = diffs._common_prefix(a, b)
+        limit = min(len(a), len(b)) - prefix
+        suffix = diffs._common_suffix(a, b, limit)
+    assert prefix == _naive_prefix(a, b)
+    assert suffix == min(_naive_prefix(a[::-1], b[::-1]), limit)

@@ -116,6 +116,33 @@ def test_failing_script_edits_discarded(hooks_dir: Path, make_runner: MakeRunner
     assert '<disk type="block"/>' in result.data and "junk" not in result.data
 
 
+def test_each_diff_is_against_what_that_hook_was_given(hooks_dir: Path,
+                                                       make_runner: MakeRunner) -> None:
+    # A chain makes each version canonical once (diffs.CanonicalCache): after a
+    # discarded edit the next hook's diff is still against the kept data.
+    write_hook(hooks_dir, EV, "10_a", sh("""
+        sed -i 's#512#1024#' "$_hook_domxml"
+    """))
+    write_hook(hooks_dir, EV, "20_junk", sh("""
+        echo '<domain><name>junk</name></domain>' > "$_hook_domxml"
+        exit 1
+    """))
+    write_hook(hooks_dir, EV, "30_rng", sh("""
+        sed -i 's#</devices>#<rng model="virtio"/></devices>#' "$_hook_domxml"
+    """))
+    result = make_runner().run(EV, DOMAIN, vm_id=UUID)
+
+    def changed(diff: str) -> list[str]:
+        return [line for line in diff.splitlines()
+                if line[:1] in "+-" and not line.startswith(("---", "+++"))]
+
+    assert [r.outcome for r in result.runs] == ["ok", "failed", "ok"]
+    assert changed(result.runs[0].diff) == ['-  <memory unit="MiB">512</memory>',
+                                            '+  <memory unit="MiB">1024</memory>']
+    assert "+  <name>junk</name>" in changed(result.runs[1].diff)
+    assert changed(result.runs[2].diff) == ['+    <rng model="virtio"/>']
+
+
 def test_deleted_data_file_is_restored_for_the_next(hooks_dir: Path,
                                                      make_runner: MakeRunner) -> None:
     write_hook(hooks_dir, "after_vm_start", "10_rm", sh('rm -f "$_hook_domxml"\n'))
