@@ -410,7 +410,9 @@ def _serialize(doc, minidom):
                             raise _Bail
                         value = attr._value
                         if type(value) is not str:
-                            raise _Bail
+                            if value is not None:  # (xmlns="" parses as None)
+                                raise _Bail
+                            value = ""
                         if value:  # minidom._write_data
                             if "&" in value:
                                 value = value.replace("&", "&amp;")
