@@ -348,7 +348,7 @@ def test_warm_hooks_use_it_and_cold_ones_do_not(tmp_path: Path) -> None:
         meta.appendChild(doc.createTextNode('1 < 2'))
         domain.appendChild(meta)
         hooking.write_domxml(doc)
-        print(hooking._fast_dom is not None)
+        print(hooking._fast_dom is not None and hooking._fast_dom._modules() is not None)
     """).lstrip())
     script.chmod(0o755)
     pool = zygote.WarmPool()
