@@ -56,11 +56,16 @@ def _modules():
     return modules
 
 
-def _check():
+def _check(stdlib_digest=None):
     """Once per process: whether the namespaces that decide what parseString and
     toxml do (the modules, and the classes of the nodes, the builder and the
     options) hold the standard library's own code, the code this module mirrors
-    (_KNOWN); then copies of them, for _modules to see a later patch."""
+    (_KNOWN); then copies of them, for _modules to see a later patch.
+
+    For another Python: after comparing expatbuilder's handlers and minidom's
+    writexml methods with what _build and _serialize do, add its digest, the
+    number `python3 -c 'import _hooking_dom as d; x = []; d._check(x); print(x)'`
+    prints (run in this directory), to _KNOWN."""
     import types
     import xml
     from xml.dom import expatbuilder, minicompat, minidom, xmlbuilder
@@ -83,6 +88,8 @@ def _check():
         for value in mapping.values():
             if not _genuine(value, root, codes, types):
                 return False
+    if stdlib_digest is not None:
+        stdlib_digest.append(_digest(codes))
     if _digest(codes) not in _KNOWN:
         return False
     modules = (minidom, expatbuilder, expat)
