@@ -264,6 +264,10 @@ def test_what_it_leaves_to_minidom(hooking: ModuleType,
     assert fast.parse(data) is None
     assert domcheck.dump(hooking.read_domxml()) == domcheck.dump(minidom.parseString(data))
     monkeypatch.undo()
+    # An entry added (one that shadows a base class's) counts too.
+    monkeypatch.setattr(minidom.Element, "toxml", minidom.Node.toxml, raising=False)
+    assert fast.parse(data) is None and fast.toxml(doc) is None
+    monkeypatch.undo()
     assert fast.parse(data) is not None and fast.toxml(doc) is not None
 
 

@@ -46,14 +46,64 @@ def _modules():
         state = _state = _check()
     if state is False:
         return None
-    modules, names, snapshot = state
+    modules, names, sizes, watched = state
     for module, name in zip(modules, names, strict=True):
         if sys.modules.get(name) is not module:
             return None
-    for live, copy in snapshot:
-        if live != copy:
+    # Each namespace's size (an entry added, say a method that shadows one of a
+    # base class), and what parseString and toxml look up in them (an entry
+    # replaced): not a comparison of every entry, whose reference counts a warm
+    # hook's process would then write, copying about 70 pages from the zygote
+    # (0.2 ms, measured).
+    for mapping, size in sizes:
+        if len(mapping) != size:
+            return None
+    for owner, name, value in watched:
+        if getattr(owner, name, None) is not value:
             return None
     return modules
+
+
+# What minidom.parseString (with the fast path's handler set) and toxml look up at
+# run time, in the namespaces _check verified: (owner, names). (theDOMImplementation's
+# own entries: its __dict__'s size, empty.)
+_WATCHED = (
+    ("minidom", ("parseString", "_append_child", "_set_attribute_node", "_clear_id_cache",
+                 "_in_document", "_write_data", "Element", "Attr", "Text", "CDATASection",
+                 "Comment", "ProcessingInstruction", "Document", "NodeList", "NamedNodeMap",
+                 "io", "Node")),
+    ("expatbuilder", ("parseString", "ExpatBuilderNS", "theDOMImplementation", "xmlbuilder",
+                      "minidom", "expat", "_parse_ns_name", "_intern", "_append_child",
+                      "_set_attribute_node", "EMPTY_NAMESPACE", "EMPTY_PREFIX",
+                      "XMLNS_NAMESPACE", "CDATA_SECTION_NODE", "TEXT_NODE")),
+    ("xmlbuilder", ("Options",)),
+    ("expat", ("ParserCreate",)),
+    ("ExpatBuilderNS", ("__init__", "reset", "getParser", "createParser", "install",
+                        "_initNamespaces", "parseString", "_setup_subset",
+                        "start_doctype_decl_handler", "first_element_handler",
+                        "start_element_handler", "end_element_handler", "_finish_start_element",
+                        "_finish_end_element", "pi_handler", "comment_handler",
+                        "start_cdata_section_handler", "end_cdata_section_handler",
+                        "character_data_handler_cdata", "character_data_handler",
+                        "external_entity_ref_handler", "xml_decl_handler",
+                        "start_namespace_decl_handler", "element_decl_handler",
+                        "attlist_decl_handler", "entity_decl_handler", "notation_decl_handler")),
+    ("Options", ("namespaces", "namespace_declarations", "filter", "entities",
+                 "cdata_sections", "comments", "whitespace_in_element_content")),
+    ("DOMImplementation", ("createDocument", "_create_document")),
+    ("Document", ("__init__", "writexml", "toxml", "toprettyxml", "createCDATASection",
+                  "createComment", "createProcessingInstruction", "implementation",
+                  "nodeType", "childNodes")),
+    ("Element", ("__init__", "writexml", "_get_attributes", "_ensure_attributes", "nodeType",
+                 "childNodes", "tagName", "_attrs", "_attrsNS")),
+    ("Attr", ("__init__", "value", "nodeType", "childNodes", "_value")),
+    ("Text", ("__init__", "writexml", "data", "nodeType", "_data")),
+    ("CDATASection", ("__init__", "writexml", "data", "nodeType", "appendData")),
+    ("Comment", ("__init__", "writexml", "data", "nodeType")),
+    ("ProcessingInstruction", ("__init__", "writexml", "nodeType", "target", "data")),
+    ("NamedNodeMap", ("__init__", "keys", "__getitem__")),
+    ("NodeList", ("__init__", "__new__")),
+)
 
 
 def _check(stdlib_digest=None):
@@ -93,7 +143,15 @@ def _check(stdlib_digest=None):
     if _digest(codes) not in _KNOWN:
         return False
     modules = (minidom, expatbuilder, expat)
-    return modules, [m.__name__ for m in modules], [(m, dict(m)) for m in live]
+    owners = {"minidom": minidom, "expatbuilder": expatbuilder, "xmlbuilder": xmlbuilder,
+              "expat": expat, "ExpatBuilderNS": expatbuilder.ExpatBuilderNS,
+              "Options": xmlbuilder.Options, "DOMImplementation": minidom.DOMImplementation,
+              "NodeList": minicompat.NodeList}
+    watched = []
+    for owner, names in _WATCHED:
+        thing = owners.get(owner) or getattr(minidom, owner)
+        watched.extend((thing, name, getattr(thing, name)) for name in names)
+    return (modules, [m.__name__ for m in modules], [(m, len(m)) for m in live], watched)
 
 
 def _genuine(value, root, codes, types):
