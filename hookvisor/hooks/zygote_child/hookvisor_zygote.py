@@ -180,6 +180,7 @@ def _warm():
         import hooking
 
         hooking.tobool("true")
+        hooking._warm_dom()  # its faster read_domxml and write_domxml, checked here once
     if _ours("vdsm"):
         from vdsm.hook import hooking as _alias  # noqa: F401
 
