@@ -197,7 +197,10 @@ def _exercise(count=40, pretty=True):
     import json
     from xml.dom import minidom
 
-    doc = minidom.parseString(_sample_domain(count).encode("utf-8"))
+    # hooking's own read and write (its fast path when it has one): what hooks call.
+    fast = getattr(sys.modules.get("hooking"), "_fast_dom", None)
+    data = _sample_domain(count).encode("utf-8")
+    doc = (fast is not None and fast.parse(data)) or minidom.parseString(data)
     for tag in ("disk", "interface", "source"):
         for node in doc.getElementsByTagName(tag):
             node.setAttribute("warm", "1")
@@ -205,7 +208,7 @@ def _exercise(count=40, pretty=True):
     new = doc.createElement("warm")
     new.appendChild(doc.createTextNode("x"))
     doc.documentElement.appendChild(new)
-    doc.toxml(encoding="utf-8")
+    (fast is not None and fast.toxml(doc)) or doc.toxml(encoding="utf-8")
     if pretty:
         doc.toprettyxml(encoding="utf-8")
     doc.unlink()
