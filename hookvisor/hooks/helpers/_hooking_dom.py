@@ -25,7 +25,14 @@ import sys
 # Digests (_digest) of the standard library code this module mirrors: the xml
 # modules of CPython 3.11 (3.11.2 and 3.11.7 alike). Another Python: the plain
 # calls, until its code is compared and its digest added here.
-_KNOWN = frozenset({1888250452676450439})
+_KNOWN = frozenset({
+    1888250452676450439,  # CPython 3.11.2 (Debian 3.11.2-6+deb12u6) and 3.11.7
+    # Debian 3.11.2-6+deb12u8: minidom's Element and Attr __init__ set
+    # ownerDocument = None and _clear_id_cache tests ownerDocument (the fix for
+    # quadratic id-cache clearing); parseString's and toxml's paths are the
+    # same, and _build sets every node's ownerDocument itself.
+    1118698034963043709,
+})
 _state = None  # None: not checked yet; False: not usable; else see _check
 
 
@@ -138,9 +145,10 @@ def _check(stdlib_digest=None):
         for value in mapping.values():
             if not _genuine(value, root, codes, types):
                 return False
+    digest = _digest(codes)  # consumes codes
     if stdlib_digest is not None:
-        stdlib_digest.append(_digest(codes))
-    if _digest(codes) not in _KNOWN:
+        stdlib_digest.append(digest)
+    if digest not in _KNOWN:
         return False
     modules = (minidom, expatbuilder, expat)
     owners = {"minidom": minidom, "expatbuilder": expatbuilder, "xmlbuilder": xmlbuilder,
@@ -150,7 +158,9 @@ def _check(stdlib_digest=None):
     watched = []
     for owner, names in _WATCHED:
         thing = owners.get(owner) or getattr(minidom, owner)
-        watched.extend((thing, name, getattr(thing, name)) for name in names)
+        # A name one known version lacks (minidom._in_document, gone in deb12u8).
+        watched.extend((thing, name, getattr(thing, name)) for name in names
+                       if hasattr(thing, name))
     return (modules, [m.__name__ for m in modules], [(m, len(m)) for m in live], watched)
 
 
