@@ -218,10 +218,11 @@ class Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def _announcements(self, taken: int | None = None) -> None:
-        """What the zygote said unasked, with `taken` (the spare a request went
-        to: its hook's from now on) forgotten. Under self._lock."""
-        _announcements(self.sock, self.spares, taken)
+    def spare_pids(self) -> list[int]:
+        """Its spares no hook has taken (tests, diagnostics)."""
+        with self._lock:
+            _announcements(self.sock, self.spares)
+            return sorted(self.spares)
 
     def close(self) -> None:
         with self._lock:
@@ -250,15 +251,12 @@ class Zygote:
                 theirs.close()
                 raise WarmUnavailable("busy: no earlier request answered")
             try:
-                self._announcements()
                 try:
-                    try:
-                        socket.send_fds(self.sock, [payload],
-                                        [theirs.fileno(), stdin, stdout, stderr])
-                    finally:
-                        theirs.close()
+                    socket.send_fds(self.sock, [payload], [theirs.fileno(), stdin, stdout, stderr])
                 except OSError as e:
                     raise WarmUnavailable(f"cannot send it a request: {e}") from None
+                finally:
+                    theirs.close()
                 while True:
                     msg = self._recv(ours, max(deadline - time.monotonic(), 0.0))
                     kind, body = msg[:1], msg[1:]
@@ -268,7 +266,8 @@ class Zygote:
                             # may come before the zygote's "P"): it was
                             # announced before this request was read, so the
                             # announcement is in the buffer now.
-                            self._announcements(taken=int(body.partition(b":")[0]))
+                            _announcements(self.sock, self.spares,
+                                           taken=int(body.partition(b":")[0]))
                             self._lock.release()
                             locked = False
                         if kind == b"R":
@@ -450,12 +449,7 @@ class WarmPool:
         diagnostics)."""
         with self._lock:
             zygotes = list(self._zygotes.values())
-        found: list[int] = []
-        for z in zygotes:
-            with z._lock:
-                z._announcements()
-                found.extend(z.spares)
-        return sorted(found)
+        return sorted(pid for z in zygotes for pid in z.spare_pids())
 
     def close(self) -> None:
         with self._lock:

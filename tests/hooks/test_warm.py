@@ -469,11 +469,6 @@ def _waiting_for_a_request(pid: int) -> bool:
         return f.read().split()[0] == recvmsg
 
 
-def _proc_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
-
 @pytest.mark.skipif(not identity.can_switch(), reason="needs root to switch users")
 def test_a_spare_runs_as_the_hook_user_and_cannot_be_traced(tmp_path: Path,
                                                            pool: zygote.WarmPool) -> None:
