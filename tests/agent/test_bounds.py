@@ -413,30 +413,21 @@ def test_a_deeply_nested_domain_xml_is_refused_not_a_traceback(direct_agent: Any
     assert_error(agent.call("create", {"xml": xml}), Code.CREATE_ERR, "xml", "nested deeper")
 
 
-def test_a_hook_leaving_deeply_nested_json_is_invalid_output(direct_agent: Any,
-                                                             dirs: Any) -> None:
+@pytest.mark.parametrize("body, message", [
     # json.loads of [[[[...]]]] 100,000 deep raises RecursionError, not ValueError:
     # it went through the engine's output check and the verb answered `unexpected`.
-    dirs.hook("after_get_stats", "10_deep",
-              "python3 -c \"print('[' * 100000 + ']' * 100000)\" > \"$_hook_json\"\n")
-    agent = direct_agent()
-    reply = agent.call("getVdsStats")
-    assert code(reply) == 0, reply
-    runs = agent.call("getHookRuns", {"event": "after_get_stats"})["hookRuns"]
-    assert runs and runs[0]["outcome"] == "invalid-output", runs
-    assert "nested too deeply" in runs[0]["message"]
-
-
-def test_a_hook_leaving_json_deeper_than_a_reply_may_be_is_refused(direct_agent: Any,
-                                                                   dirs: Any) -> None:
+    ("python3 -c \"print('[' * 100000 + ']' * 100000)\"", "nested too deeply"),
     # 900 levels parse (under Python's recursion limit) but no reply may carry them:
     # the marshaller recursed into a RecursionError, or the client's parser would.
-    dirs.hook("after_get_stats", "10_deep",
-              "python3 -c \"print('{\\\"a\\\": ' + '[' * 900 + ']' * 900 + '}')\" "
-              "> \"$_hook_json\"\n")
+    ("python3 -c \"print('{\\\"a\\\": ' + '[' * 900 + ']' * 900 + '}')\"",
+     "nested too deeply (more than 64 levels)"),
+], ids=["deeper-than-python-parses", "deeper-than-a-reply-may-be"])
+def test_a_hook_leaving_too_deeply_nested_json_is_invalid_output(
+        direct_agent: Any, dirs: Any, body: str, message: str) -> None:
+    dirs.hook("after_get_stats", "10_deep", body + " > \"$_hook_json\"\n")
     agent = direct_agent()
     reply = agent.call("getVdsStats")
     assert code(reply) == 0, reply
     runs = agent.call("getHookRuns", {"event": "after_get_stats"})["hookRuns"]
     assert runs and runs[0]["outcome"] == "invalid-output", runs
-    assert "nested too deeply (more than 64 levels)" in runs[0]["message"]
+    assert message in runs[0]["message"]
