@@ -11,6 +11,9 @@ c / (a + b): 1.0 means the agent costs exactly libvirt plus the protocol.
 For create+destroy (a) is a minimal domain; beside the figure, not in it, the
 same with (a) doing the libvirt calls the agent makes (its hot-plug-ready
 domain XML, the live XML read back), so that libvirt's share can be told apart.
+With --floor-rounds (default 5), also beside it: the agent's time split into
+transport, libvirt calls and its own verb work, by two cut-down agents
+(bench/api_floor.py: only the libvirt calls; no libvirt either).
 Rounds alternate a, b, c so that drift of the machine hits all three alike.
 Twice: over plain TCP (the agent with --insecure on loopback), and over
 mutual TLS with keep-alive (a lab PKI; the bare server over the same TLS).
@@ -184,23 +187,30 @@ def timed(func: Callable[[], None]) -> float:
 
 
 class Agent:
+    """`hookvisor serve` on `uri`; `floor` runs it cut down by bench/api_floor.py."""
+
     def __init__(self, uri: str, tls: Pki | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, floor: str | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="hv-bench-"))
         (self.tmp / "hooks").mkdir()
         self.port = free_port()
         self.tls = tls
         transport = ["--pki-dir", str(tls.root)] if tls else ["--insecure"]
+        launch = (["-m", "hookvisor.cli.main"] if floor is None
+                  else [str(ROOT / "bench" / "api_floor.py"), floor])
+        # Settings come from the flags alone, not from a developer's environment.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOOKVISOR_")}
+        if floor is not None:
+            env["PYTHONPATH"] = str(ROOT)  # a script: this checkout's code, as -m from ROOT
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "hookvisor.cli.main", "serve", "--libvirt-uri", uri,
+            [PYTHON, *launch, "serve", "--libvirt-uri", uri,
              "--listen", f"127.0.0.1:{self.port}", *transport,
              "--hooks-dir", str(self.tmp / "hooks"),
              "--state-dir", str(self.tmp / "state"), "--run-dir", str(self.tmp / "run"),
              *(extra or [])],
             stdout=subprocess.DEVNULL, stderr=open(self.tmp / "agent.log", "wb"),  # noqa: SIM115
             cwd=ROOT,
-            # Settings come from the flags alone, not from a developer's environment.
-            env={k: v for k, v in os.environ.items() if not k.startswith("HOOKVISOR_")},
+            env=env,
         )
         # `list` is gated: Done once recovery is over and VM verbs are served.
         wait_for(self.port, self.proc, tls, verb="list")
@@ -330,6 +340,67 @@ def bench_test_driver(n_create: int, n_stats: int, rounds: int,
     return [create_ratio, stats_ratio]
 
 
+def bench_floor(n_create: int, rounds: int) -> None:
+    """Where the agent's create+destroy time goes, over plain TCP: beside the figure.
+
+    Beside the agent itself, two cut-down agents (bench/api_floor.py) on the same
+    server: one that only makes the libvirt calls, one that makes none. Their
+    differences split the agent's time into transport, libvirt and verb work, and
+    the cut-down ones say what ratio an agent doing no work of its own would get.
+    """
+    conn = libvirt.open("test:///default")
+    agents = {"agent": Agent("test:///default"),
+              "libvirt only": Agent("test:///default", floor="libvirt"),
+              "transport only": Agent("test:///default", floor="transport")}
+    try:
+        replies = {}
+        for agent in agents.values():  # each one's first pair is real: its canned replies
+            vm_id = str(uuid.uuid4())
+            replies["create"] = agent.call("create", create_params(0, vm_id))
+            replies["destroy"] = agent.call("destroy", vm_id)
+        bare = Bare({**replies, "getVdsStats": {"status": {"code": 0}}})
+
+        def through(call: Callable[..., Any]) -> Callable[[], None]:
+            def run() -> None:
+                for i in range(n_create):
+                    v = str(uuid.uuid4())
+                    call("create", create_params(i, v))
+                    call("destroy", v)
+            return run
+
+        def direct() -> None:
+            for i in range(n_create):
+                conn.createXML(domain_xml(f"bench-f-{i}", str(uuid.uuid4()), "test")).destroy()
+
+        runs: dict[str, Callable[[], None]] = {
+            "direct": direct,
+            "bare": through(lambda verb, *a: getattr(bare.proxy, verb)(*a)),
+            **{name: through(agent.call) for name, agent in agents.items()},
+        }
+        try:
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            for r in range(rounds):
+                # Each round in the other order: drift of the machine hits all alike.
+                for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+                    times[name].append(timed(runs[name]))
+        finally:
+            bare.close()
+    finally:
+        for agent in agents.values():
+            agent.close()
+        conn.close()
+    us = {name: statistics.median(t) / n_create * 1e6 for name, t in times.items()}
+    base = us["direct"] + us["bare"]
+    print(f"[plain TCP] where the agent's create+destroy goes, per pair: "
+          f"{us['agent']:.0f} us = transport {us['transport only']:.0f} "
+          f"(bare server {us['bare']:.0f}) + libvirt calls "
+          f"{us['libvirt only'] - us['transport only']:.0f} (direct {us['direct']:.0f}) "
+          f"+ verb work {us['agent'] - us['libvirt only']:.0f}")
+    print(f"[plain TCP]   an agent doing only the libvirt calls: ratio "
+          f"{us['libvirt only'] / base:.2f}; no libvirt either: {us['transport only'] / base:.2f}; "
+          f"the agent in this run: {us['agent'] / base:.2f} (not the figure above)")
+
+
 def bench_handshake(tls: Pki, n: int = 100) -> None:
     """One TLS handshake: a new connection's first call, less a call on a kept one."""
     agent = Agent("test:///default", tls)
@@ -416,6 +487,9 @@ def main() -> None:
     parser.add_argument("--create", type=int, default=200, help="VMs created+destroyed")
     parser.add_argument("--stats-vms", type=int, default=1000, help="VMs for getAllVmStats")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--floor-rounds", type=int, default=5,
+                        help="rounds of the create+destroy breakdown (bench/api_floor.py); "
+                        "0 skips it")
     parser.add_argument("--qemu-rounds", type=int, default=5)
     parser.add_argument("--live-rounds", type=int, default=5,
                         help="rounds of NIC/disk plug+unplug and save+restore on the tiny "
@@ -428,6 +502,8 @@ def main() -> None:
         serve_bare(int(args.bare_server[0]), args.bare_server[1], args.bare_server[2] or None)
         return
     ratios = bench_test_driver(args.create, args.stats_vms, args.rounds)
+    if args.floor_rounds > 0:
+        bench_floor(args.create, args.floor_rounds)
     pki_root = Path(tempfile.mkdtemp(prefix="hv-bench-pki-"))
     try:
         tls = Pki(pki_root)
