@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null 2>&1 || bash scripts/setup.sh
+# This checkout's code, also from a git worktree (the venv's editable install
+# points at the checkout that ran setup.sh).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 out=$(mktemp); trap 'rm -f "$out"' EXIT
 worst=0
 for b in bench/hook_runner.py bench/api.py bench/network.py bench/migration.py; do
