@@ -11,9 +11,11 @@ raw disk of its own, so the header is what has to be checked, at create.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import libvirt
 import pytest
 from support import SESSION_PREFIX
 
+from hookvisor import config
 from hookvisor.agent.params import parse_create
 from hookvisor.agent.policy import ClientPolicy
 from hookvisor.errors import Code, VdsmError
@@ -155,3 +158,27 @@ def test_served_qemu_agent_refuses_the_chain_and_libvirt_never_opens_it(
         assert f"{SESSION_PREFIX}backing" not in [d.name() for d in conn.listAllDomains()]
     finally:
         conn.close()
+
+
+def test_a_hot_plugged_disk_is_held_to_the_same_check(
+        images: Path, secret: Path, dirs: Any, inproc_agent: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real: Callable[..., config.Settings] = config.load_settings
+    monkeypatch.setattr(config, "load_settings", lambda *a, **k: dataclasses.replace(
+        real(*a, **k), storage_dirs=(images,)))
+    agent = inproc_agent()
+    evil = images / "evil.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(secret), "-F", "raw", str(evil), "1M")
+    vm_id = str(uuid.uuid4())
+    assert agent.api.create({"vmId": vm_id, "vmName": "hvtest-plug-chain",
+                             "memSize": 64})["status"]["code"] == 0
+    try:
+        for request in ({"drive": {"path": str(evil), "format": "cow"}},
+                        {"xml": "<disk type='file'><driver name='qemu' type='qcow2'/>"
+                                f"<source file='{evil}'/><target dev='vdz'/></disk>"}):
+            reply = agent.api.hotplugDisk({"vmId": vm_id, **request})
+            assert reply["status"]["code"] == Code.HOTPLUG_DISK, reply
+            assert f"backing file '{secret}' is outside storage_dirs" in \
+                reply["status"]["message"], reply
+    finally:
+        agent.api.destroy(vm_id)
