@@ -349,10 +349,11 @@ def bench_floor(n_create: int, rounds: int) -> None:
     the cut-down ones say what ratio an agent doing no work of its own would get.
     """
     conn = libvirt.open("test:///default")
-    agents = {"agent": Agent("test:///default"),
-              "libvirt only": Agent("test:///default", floor="libvirt"),
-              "transport only": Agent("test:///default", floor="transport")}
+    agents: dict[str, Agent] = {}
     try:
+        for name, floor in (("agent", None), ("libvirt only", "libvirt"),
+                            ("transport only", "transport")):
+            agents[name] = Agent("test:///default", floor=floor)
         replies = {}
         for agent in agents.values():  # each one's first pair is real: its canned replies
             vm_id = str(uuid.uuid4())
