@@ -276,6 +276,11 @@ def _wait_group_gone(pgid: int, bound: float) -> None:
         delay = min(delay * 2, 0.02)
 
 
+# Per #! line: the zygote and argv[0] that run it warm, None for cold; valid for
+# one user, environment and cwd.
+_Targets = dict[zygote.Shebang, tuple[zygote.Key, str] | None]
+
+
 @dataclass
 class _Chain:
     """What the scripts of one chain share."""
@@ -291,9 +296,8 @@ class _Chain:
     groups: groups.ChainGroups
     cwd: str = ""
     umask: int | None = None  # read when a script first goes warm
-    # Per #! line: the zygote and argv[0] (None: cold). The chain's
-    # environment and user are fixed, so once per chain, not per script.
-    targets: dict[zygote.Shebang, tuple[zygote.Key, str] | None] = field(default_factory=dict)
+    # The chain's user, environment and cwd are fixed: once per chain, not per script.
+    targets: _Targets = field(default_factory=dict)
     canonicals: diffs.CanonicalCache = field(default_factory=diffs.CanonicalCache)
 
 
@@ -358,6 +362,7 @@ class HookRunner:
             env.update(user.env())
         cwd = _cwd()
         keys: dict[zygote.Key, None] = {}
+        targets: _Targets = {}
         for script in listed:
             manifest = None
             if script.manifest is not None:
@@ -365,7 +370,7 @@ class HookRunner:
                     manifest = self._manifests.load(script.manifest)
                 except ManifestError:
                     continue
-            warm = self._warm_key(script, manifest, user, env, cwd)
+            warm = self._warm_key(script, manifest, user, env, cwd, targets)
             if warm is not None:
                 keys[warm[0]] = None
         if not keys:
@@ -396,11 +401,10 @@ class HookRunner:
         return value
 
     def _warm_key(self, script: Script, manifest: Manifest | None, user: HookUser | None,
-                  env: dict[str, str], cwd: str,
-                  targets: dict[zygote.Shebang, tuple[zygote.Key, str] | None] | None = None,
+                  env: dict[str, str], cwd: str, targets: _Targets,
                   ) -> tuple[zygote.Key, str, bytes] | None:
         """The zygote that may run `script`, its argv[0] and #! line; None: run it cold.
-        `targets`: what earlier scripts with the same environment found."""
+        `targets`: what earlier scripts with the same user, environment and cwd found."""
         if not self.config.warm_hooks or not zygote.SUPPORTED:
             return None
         if manifest is not None and not manifest.warm:
@@ -410,15 +414,14 @@ class HookRunner:
         shebang = self._shebang(script)
         if shebang is None:
             return None
-        if targets is not None and shebang in targets:
+        if shebang in targets:
             found = targets[shebang]
         else:
             target = zygote.warm_target(shebang, env, user)
             found = None if target is None else (
                 zygote.Key(target[0], user.uid if user is not None else None,
                            zygote.startup_env(env), cwd), target[1])
-            if targets is not None:
-                targets[shebang] = found
+            targets[shebang] = found
         if found is None:
             return None
         return found[0], found[1], shebang.line
