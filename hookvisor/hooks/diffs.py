@@ -195,10 +195,7 @@ def for_payload(kind: str, before: bytes, after: bytes, name: str,
     its `cache`.
     """
     raw = unified(before, after, name, cap)
-    if cache is None:
-        a, b = canonical(kind, before), canonical(kind, after)
-    else:
-        a, b = cache.pair(kind, before, after)
+    a, b = (cache or CanonicalCache()).pair(kind, before, after)
     if a is None or b is None:
         return raw, ""
     diff = unified(a, b, name + " (canonical)", cap)
