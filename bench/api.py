@@ -243,10 +243,31 @@ class Bare:
         wait_for(self.port, self.proc, tls)
         self.proxy = make_proxy(self.port, tls)
 
+    def call(self, verb: str, *args: Any) -> Any:
+        return getattr(self.proxy, verb)(*args)
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def pairs_through(call: Callable[..., Any], n: int) -> Callable[[], None]:
+    """n create+destroy pairs through `call(verb, *args)` (an agent or the bare server)."""
+    def run() -> None:
+        for i in range(n):
+            v = str(uuid.uuid4())
+            call("create", create_params(i, v))
+            call("destroy", v)
+    return run
+
+
+def pairs_direct(conn: libvirt.virConnect, n: int) -> Callable[[], None]:
+    """n create+destroy pairs of a minimal domain, straight to libvirt."""
+    def run() -> None:
+        for i in range(n):
+            conn.createXML(domain_xml(f"bench-d-{i}", str(uuid.uuid4()), "test")).destroy()
+    return run
 
 
 def bench_test_driver(n_create: int, n_stats: int, rounds: int,
@@ -272,11 +293,6 @@ def bench_test_driver(n_create: int, n_stats: int, rounds: int,
             results: dict[str, list[float]] = {k: [] for k in
                                                ("ca", "cl", "cb", "cc", "sa", "sb", "sc")}
 
-            def direct_create() -> None:
-                for i in range(n_create):
-                    v = str(uuid.uuid4())
-                    conn.createXML(domain_xml(f"bench-d-{i}", v, "test")).destroy()
-
             def direct_like_create() -> None:
                 # What the agent itself asks of libvirt per pair: its own domain
                 # (hot-plug ready: maxMemory, a NUMA cell, ...), its live XML read
@@ -287,17 +303,9 @@ def bench_test_driver(n_create: int, n_stats: int, rounds: int,
                     dom.XMLDesc(0)
                     dom.destroy()
 
-            def bare_create() -> None:
-                for i in range(n_create):
-                    v = str(uuid.uuid4())
-                    bare.proxy.create(create_params(i, v))
-                    bare.proxy.destroy(v)
-
-            def agent_create() -> None:
-                for i in range(n_create):
-                    v = str(uuid.uuid4())
-                    agent.call("create", create_params(i, v))
-                    agent.call("destroy", v)
+            direct_create = pairs_direct(conn, n_create)
+            bare_create = pairs_through(bare.call, n_create)
+            agent_create = pairs_through(agent.call, n_create)
 
             def direct_stats() -> None:
                 conn.getAllDomainStats()
@@ -361,22 +369,10 @@ def bench_floor(n_create: int, rounds: int) -> None:
             replies["destroy"] = agent.call("destroy", vm_id)
         bare = Bare({**replies, "getVdsStats": {"status": {"code": 0}}})
 
-        def through(call: Callable[..., Any]) -> Callable[[], None]:
-            def run() -> None:
-                for i in range(n_create):
-                    v = str(uuid.uuid4())
-                    call("create", create_params(i, v))
-                    call("destroy", v)
-            return run
-
-        def direct() -> None:
-            for i in range(n_create):
-                conn.createXML(domain_xml(f"bench-f-{i}", str(uuid.uuid4()), "test")).destroy()
-
         runs: dict[str, Callable[[], None]] = {
-            "direct": direct,
-            "bare": through(lambda verb, *a: getattr(bare.proxy, verb)(*a)),
-            **{name: through(agent.call) for name, agent in agents.items()},
+            "direct": pairs_direct(conn, n_create),
+            "bare": pairs_through(bare.call, n_create),
+            **{name: pairs_through(agent.call, n_create) for name, agent in agents.items()},
         }
         try:
             times: dict[str, list[float]] = {name: [] for name in runs}
