@@ -11,11 +11,9 @@ raw disk of its own, so the header is what has to be checked, at create.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import subprocess
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,6 @@ import libvirt
 import pytest
 from support import SESSION_PREFIX
 
-from hookvisor import config
 from hookvisor.agent.params import parse_create
 from hookvisor.agent.policy import ClientPolicy
 from hookvisor.errors import Code, VdsmError
@@ -161,12 +158,8 @@ def test_served_qemu_agent_refuses_the_chain_and_libvirt_never_opens_it(
 
 
 def test_a_hot_plugged_disk_is_held_to_the_same_check(
-        images: Path, secret: Path, dirs: Any, inproc_agent: Any,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    real: Callable[..., config.Settings] = config.load_settings
-    monkeypatch.setattr(config, "load_settings", lambda *a, **k: dataclasses.replace(
-        real(*a, **k), storage_dirs=(images,)))
-    agent = inproc_agent()
+        images: Path, secret: Path, inproc_agent: Any) -> None:
+    agent = inproc_agent(storage_dirs=[str(images)])
     evil = images / "evil.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", "-b", str(secret), "-F", "raw", str(evil), "1M")
     vm_id = str(uuid.uuid4())
